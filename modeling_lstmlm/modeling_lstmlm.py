@@ -1,0 +1,583 @@
+"""The LSTM language model as a native transformers model.
+
+Embedding -> a stack of one-layer `nn.LSTM`s (the fused oneDNN / cuDNN kernels) -> optional projection -> linear
+head over the vocabulary. The per-layer (h, c) state is the generation cache: after the prompt, each decoding step
+feeds only the newest token.
+
+This file travels with every saved model folder as remote code: it imports only the configuration file (relatively),
+transformers and torch.
+"""
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+from transformers import initialization as init
+from transformers.cache_utils import Cache, DynamicCache
+from transformers.generation import GenerationMixin
+from transformers.modeling_outputs import SequenceClassifierOutputWithPast
+from transformers.modeling_utils import PreTrainedModel, slice_logits_to_keep
+from transformers.utils import ModelOutput, logging
+from transformers.utils.deprecation import deprecate_kwarg
+
+from .configuration_lstmlm import LSTMLMConfig
+
+logger = logging.get_logger(__name__)
+
+
+class LSTMLMCache(DynamicCache):
+    """The recurrent state of an LSTM language model, as a transformers `Cache`.
+
+    One recurrent-state slot per LSTM layer holds `(h, c)` stacked as a `(batch, 2, hidden_size)` tensor (batch on
+    dim 0, so beam search reorders it with `reorder_cache`). `seen_tokens` counts the positions the state has
+    consumed (padding included), so that a cache returned by `generate` can be passed back with the full sequence
+    and only the unseen tokens are fed.
+
+    Example:
+
+    ```python
+    >>> cache = LSTMLMCache(config=model.config)
+    >>> out = model(input_ids, cache=cache, use_cache=True)
+    >>> out.cache.seen_tokens == input_ids.shape[1]
+    True
+    ```
+    """
+
+    def __init__(self, config: LSTMLMConfig, **kwargs):
+        super().__init__(config=config, **kwargs)
+        self.seen_tokens = 0
+
+    def get_state(self, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The `(h, c)` of layer `layer_idx`, each `(batch, hidden_size)`, or None before the first token."""
+        state = self.get_recurrent_state(layer_idx)
+        if state is None:
+            return None
+        return state[:, 0], state[:, 1]
+
+    def set_state(self, layer_idx: int, h: torch.Tensor, c: torch.Tensor) -> None:
+        self.update_recurrent_state(torch.stack((h, c), dim=1), layer_idx)
+        # `update_recurrent_state` alone does not mark the slot as holding a state (get_recurrent_state would keep
+        # returning None and every step would silently restart from zero), so mark it here.
+        self.layers[layer_idx].has_previous_state[0] = True
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self.seen_tokens
+
+
+@dataclass
+class LSTMLMModelOutput(ModelOutput):
+    """
+    Output of the LSTM backbone.
+
+    Args:
+        last_hidden_state (`torch.FloatTensor` of shape `(batch_size, sequence_length, embedding_size)`):
+            The top of the stack (projected to `embedding_size` when it differs from `hidden_size`), after the
+            output dropout.
+        cache (`LSTMLMCache`, *optional*, returned when `use_cache=True`):
+            The per-layer `(h, c)` after the last position; pass it back with the next tokens to continue.
+        hidden_states (`tuple(torch.FloatTensor)`, *optional*, returned when `output_hidden_states=True`):
+            The embeddings and the output of every LSTM layer (the last entry is `last_hidden_state`).
+        regularization_loss (`torch.FloatTensor`, *optional*):
+            The AR + TAR penalty of this forward pass (training only, when the config enables it).
+    """
+
+    last_hidden_state: torch.FloatTensor | None = None
+    cache: Cache | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    regularization_loss: torch.FloatTensor | None = None
+
+
+@dataclass
+class LSTMLMCausalLMOutput(ModelOutput):
+    """
+    Output of the LSTM language model.
+
+    Args:
+        loss (`torch.FloatTensor` of shape `(1,)`, *optional*, returned when `labels` is provided):
+            Next-token cross-entropy (labels shifted inside the model, -100 ignored); in training it also includes
+            the AR/TAR penalty when the config enables it.
+        logits (`torch.FloatTensor` of shape `(batch_size, sequence_length, vocab_size)`):
+            Scores over the vocabulary before the softmax.
+        cache (`LSTMLMCache`, *optional*, returned when `use_cache=True`):
+            The per-layer `(h, c)` after the last position.
+        hidden_states (`tuple(torch.FloatTensor)`, *optional*, returned when `output_hidden_states=True`):
+            The embeddings and the output of every LSTM layer.
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    cache: Cache | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+
+
+def _dropout(x: torch.Tensor, p: float, training: bool, variational: bool) -> torch.Tensor:
+    """Standard dropout, or locked dropout with one mask per sequence shared over time (`x` is (batch, seq, dim))."""
+    if not training or p == 0:
+        return x
+    if not variational:
+        return F.dropout(x, p, training=True)
+    mask = x.new_empty(x.shape[0], 1, x.shape[2]).bernoulli_(1 - p) / (1 - p)  # (batch, 1, dim)
+    return x * mask
+
+
+class LSTMLMPreTrainedModel(PreTrainedModel):
+    config: LSTMLMConfig
+    base_model_prefix = "model"
+    main_input_name = "input_ids"
+    _is_stateful = True
+    _no_split_modules = ["LSTM"]
+    supports_gradient_checkpointing = False
+
+    def _init_weights(self, module):
+        r = self.config.initializer_range
+        if isinstance(module, nn.Embedding):
+            init.uniform_(module.weight, -r, r)
+        elif isinstance(module, nn.LSTM):
+            bound = module.hidden_size**-0.5
+            for param in module.parameters():
+                init.uniform_(param, -bound, bound)
+        elif isinstance(module, nn.Linear):
+            if module.out_features == self.config.vocab_size or module is getattr(self, "score", None):
+                init.uniform_(module.weight, -r, r)
+            else:
+                bound = module.in_features**-0.5
+                init.uniform_(module.weight, -bound, bound)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        # `register_for_auto_class` maps only the saved object's class in `auto_map`; map every head of this file so
+        # that the saved folder loads with each Auto class where the package is not installed.
+        if self._auto_class is not None:
+            auto_map = dict(getattr(self.config, "auto_map", None) or {})
+            for cls in (LSTMLMModel, LSTMLMForCausalLM, LSTMLMForSequenceClassification):
+                auto_map[cls._auto_class] = f"{cls.__module__.split('.')[-1]}.{cls.__name__}"
+            self.config.auto_map = auto_map
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
+
+class LSTMLMModel(LSTMLMPreTrainedModel):
+    """The LSTM backbone: token embedding -> LSTM stack -> (projection to `embedding_size`) -> output dropout.
+
+    Example:
+
+    ```python
+    >>> import torch
+    >>> from modeling_lstmlm import LSTMLMConfig, LSTMLMModel
+
+    >>> model = LSTMLMModel(LSTMLMConfig(vocab_size=100, hidden_size=16))
+    >>> out = model(torch.tensor([[1, 2, 3]]), use_cache=True)
+    >>> out.last_hidden_state.shape
+    torch.Size([1, 3, 16])
+    ```
+    """
+
+    def __init__(self, config: LSTMLMConfig):
+        super().__init__(config)
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.embedding_size)
+        self.layers = nn.ModuleList(
+            nn.LSTM(config.embedding_size if i == 0 else config.hidden_size, config.hidden_size, batch_first=True)
+            for i in range(config.num_hidden_layers)
+        )
+        # Projects the top of the stack to the embedding size, so the output layer can be tied to the embedding.
+        self.proj = (
+            nn.Linear(config.hidden_size, config.embedding_size, bias=False)
+            if config.embedding_size != config.hidden_size
+            else None
+        )
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embed_tokens
+
+    def set_input_embeddings(self, new_embeddings: nn.Embedding):
+        self.embed_tokens = new_embeddings
+
+    def _embed(self, input_ids: torch.LongTensor) -> torch.Tensor:
+        if input_ids.dim() != 2:
+            raise ValueError(f"`input_ids` must have shape (batch, sequence), got {tuple(input_ids.shape)}")
+        if input_ids.numel() and (input_ids.min() < 0 or input_ids.max() >= self.config.vocab_size):
+            raise ValueError(
+                f"`input_ids` must be token ids in [0, vocab_size={self.config.vocab_size}), got values in "
+                f"[{int(input_ids.min())}, {int(input_ids.max())}]"
+            )
+        weight = self.embed_tokens.weight
+        p = self.config.embedding_row_dropout
+        if self.training and p > 0:
+            # Drop whole vocabulary rows: every occurrence of a dropped token is zeroed in this batch.
+            weight = weight * weight.new_empty(weight.shape[0], 1).bernoulli_(1 - p) / (1 - p)
+        return F.embedding(input_ids, weight, self.embed_tokens.padding_idx)
+
+    def _run_layer(self, layer: nn.LSTM, x, state):
+        """One LSTM layer over `x` (tensor or PackedSequence), with DropConnect on the hidden weights in training."""
+        if self.training and self.config.weight_dropout > 0:
+            dropped = F.dropout(layer.weight_hh_l0, self.config.weight_dropout, training=True)
+            return functional_call(layer, {"weight_hh_l0": dropped}, (x, state))
+        return layer(x, state)
+
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
+    @deprecate_kwarg("cache_params", "5.40.0", new_name="cache")
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.LongTensor | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        cache: Cache | None = None,
+        use_cache: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> tuple | LSTMLMModelOutput:
+        r"""
+        input_ids (`torch.LongTensor` of shape `(batch_size, sequence_length)`):
+            Token ids in `[0, vocab_size)`.
+        attention_mask (`torch.LongTensor` of shape `(batch_size, past_length + sequence_length)`, *optional*):
+            1 for real tokens, 0 for padding; its last `sequence_length` columns are used. Padded positions never
+            touch the state, wherever they are (left, right or inside), so each row of a padded batch gives exactly
+            what it gives alone. The output at a padded position is zero.
+        cache (`LSTMLMCache`, *optional*):
+            The state to start from (zero state when omitted).
+        use_cache (`bool`, *optional*):
+            Return the state after the last position as `cache` (default: `config.use_cache` in eval mode).
+        """
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
+        use_cache = use_cache if use_cache is not None else (self.config.use_cache and not self.training)
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("You must specify exactly one of `input_ids` or `inputs_embeds`")
+        if inputs_embeds is None:
+            inputs_embeds = self._embed(input_ids)  # (batch, seq, embedding_size)
+        elif inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != self.config.embedding_size:
+            raise ValueError(
+                f"`inputs_embeds` must have shape (batch, sequence, {self.config.embedding_size}), "
+                f"got {tuple(inputs_embeds.shape)}"
+            )
+        batch_size, seq_len = inputs_embeds.shape[:2]
+        if cache is not None and not isinstance(cache, LSTMLMCache):
+            raise ValueError(f"`cache` must be an LSTMLMCache (as returned by this model), got {type(cache).__name__}")
+        if use_cache and cache is None:
+            cache = LSTMLMCache(config=self.config)
+
+        mask = self._prepare_mask(attention_mask, batch_size, seq_len)  # (batch, seq) bool, or None if no padding
+        variational = self.config.variational_dropout
+        hidden = _dropout(inputs_embeds, self.config.embedding_dropout, self.training, variational)
+        all_hidden_states = (hidden,) if output_hidden_states else None
+        for layer_idx, layer in enumerate(self.layers):
+            state = cache.get_state(layer_idx) if cache is not None else None
+            hidden, (h, c) = self._run_stack_layer(layer, hidden, state, mask)  # (batch, seq, hidden)
+            if cache is not None:
+                cache.set_state(layer_idx, h, c)
+            if layer_idx < len(self.layers) - 1:
+                hidden = _dropout(hidden, self.config.hidden_dropout, self.training, variational)
+            if output_hidden_states and layer_idx < len(self.layers) - 1:
+                all_hidden_states += (hidden,)
+        top = self.proj(hidden) if self.proj is not None else hidden  # (batch, seq, embedding_size)
+        output = _dropout(top, self.config.output_dropout, self.training, variational)
+        if output_hidden_states:
+            all_hidden_states += (output,)
+        if cache is not None:
+            cache.seen_tokens += seq_len
+
+        regularization_loss = None
+        alpha, beta = self.config.activation_regularization, self.config.temporal_activation_regularization
+        if self.training and (alpha > 0 or beta > 0):
+            keep = mask[..., None] if mask is not None else None  # padded positions carry no penalty
+            regularization_loss = output.new_zeros(())
+            if alpha > 0:
+                sq = output.pow(2) if keep is None else output.pow(2) * keep
+                regularization_loss = regularization_loss + alpha * sq.mean()
+            if beta > 0 and seq_len > 1:
+                diff = (top[:, 1:] - top[:, :-1]).pow(2)
+                if keep is not None:
+                    diff = diff * (keep[:, 1:] & keep[:, :-1])
+                regularization_loss = regularization_loss + beta * diff.mean()
+
+        if not return_dict:
+            values = (output, cache if use_cache else None, all_hidden_states, regularization_loss)
+            return tuple(v for v in values if v is not None)
+        return LSTMLMModelOutput(
+            last_hidden_state=output,
+            cache=cache if use_cache else None,
+            hidden_states=all_hidden_states,
+            regularization_loss=regularization_loss,
+        )
+
+    @staticmethod
+    def _prepare_mask(attention_mask, batch_size: int, seq_len: int) -> torch.Tensor | None:
+        if attention_mask is None:
+            return None
+        if attention_mask.dim() != 2 or attention_mask.shape[0] != batch_size or attention_mask.shape[1] < seq_len:
+            raise ValueError(
+                f"`attention_mask` must have shape (batch={batch_size}, >= {seq_len}) with its last columns for "
+                f"the current tokens, got {tuple(attention_mask.shape)}"
+            )
+        mask = attention_mask[:, attention_mask.shape[1] - seq_len :].bool()
+        return None if bool(mask.all()) else mask
+
+    def _run_stack_layer(self, layer: nn.LSTM, x: torch.Tensor, state, mask: torch.Tensor | None):
+        """Run one layer; with padding, only each row's real tokens (in order) go through the recurrence."""
+        hx = None if state is None else (state[0].unsqueeze(0).contiguous(), state[1].unsqueeze(0).contiguous())
+        if mask is None:
+            out, (h, c) = self._run_layer(layer, x, hx)
+            return out, (h[0], c[0])
+        batch_size, seq_len, dim = x.shape
+        lengths = mask.sum(dim=1)  # (batch,)
+        # Move each row's real tokens to the front, keeping their order, and run them as a packed sequence.
+        order = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)  # (batch, seq)
+        gathered = x.gather(1, order[..., None].expand(-1, -1, dim))
+        packed = pack_padded_sequence(gathered, lengths.clamp(min=1).cpu(), batch_first=True, enforce_sorted=False)
+        out_packed, (h, c) = self._run_layer(layer, packed, hx)
+        out, _ = pad_packed_sequence(out_packed, batch_first=True, total_length=seq_len)  # zeros past each length
+        out = out.new_zeros(out.shape).scatter(1, order[..., None].expand(-1, -1, out.shape[-1]), out)
+        h, c = h[0], c[0]
+        empty = (lengths == 0)[:, None]  # rows with no real token keep their state
+        if bool(empty.any()):
+            h0 = hx[0][0] if hx is not None else torch.zeros_like(h)
+            c0 = hx[1][0] if hx is not None else torch.zeros_like(c)
+            h, c = torch.where(empty, h0, h), torch.where(empty, c0, c)
+        return out * mask[..., None], (h, c)
+
+
+class LSTMLMForCausalLM(LSTMLMPreTrainedModel, GenerationMixin):
+    """The LSTM language model with its output layer (tied to the embedding by default).
+
+    Example:
+
+    ```python
+    >>> from transformers import AutoModelForCausalLM, AutoTokenizer
+    >>> import modeling_lstmlm  # registers the model with the Auto classes
+
+    >>> tokenizer = AutoTokenizer.from_pretrained("runs/demo")
+    >>> model = AutoModelForCausalLM.from_pretrained("runs/demo")
+    >>> inputs = tokenizer("ROMEO:", return_tensors="pt")
+    >>> out = model.generate(**inputs, max_new_tokens=20, do_sample=False)
+    >>> print(tokenizer.decode(out[0]))
+    ```
+    """
+
+    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+
+    def __init__(self, config: LSTMLMConfig):
+        super().__init__(config)
+        self.model = LSTMLMModel(config)
+        self.lm_head = nn.Linear(config.embedding_size, config.vocab_size, bias=True)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.model.embed_tokens
+
+    def set_input_embeddings(self, new_embeddings: nn.Embedding):
+        self.model.embed_tokens = new_embeddings
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.lm_head
+
+    def set_output_embeddings(self, new_embeddings: nn.Linear):
+        self.lm_head = new_embeddings
+
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
+    @deprecate_kwarg("cache_params", "5.40.0", new_name="cache")
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.LongTensor | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        cache: Cache | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs,
+    ) -> tuple | LSTMLMCausalLMOutput:
+        r"""
+        labels (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
+            Next-token targets; they are shifted inside the model, so `labels = input_ids` works. Positions set to
+            -100 are ignored.
+        logits_to_keep (`int` or `torch.Tensor`, *optional*, defaults to 0):
+            Compute logits only for the last `logits_to_keep` positions (0 keeps all); `generate` uses 1.
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        outputs = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            inputs_embeds=inputs_embeds,
+            cache=cache,
+            use_cache=use_cache,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+        )
+        hidden = slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep)
+        logits = self.lm_head(hidden)  # (batch, kept, vocab)
+
+        loss = None
+        if labels is not None:
+            if labels.shape != (logits.shape[0], logits.shape[1]):
+                raise ValueError(
+                    f"`labels` must have shape {tuple(logits.shape[:2])} (one per input position), "
+                    f"got {tuple(labels.shape)}"
+                )
+            valid = labels != -100
+            if bool(((labels < 0) | (labels >= self.config.vocab_size))[valid].any()):
+                raise ValueError(f"`labels` must be -100 or token ids in [0, vocab_size={self.config.vocab_size})")
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+            if outputs.regularization_loss is not None:
+                loss = loss + outputs.regularization_loss
+
+        if not return_dict:
+            output = tuple(v for v in (logits, outputs.cache, outputs.hidden_states) if v is not None)
+            return ((loss,) + output) if loss is not None else output
+        return LSTMLMCausalLMOutput(loss=loss, logits=logits, cache=outputs.cache, hidden_states=outputs.hidden_states)
+
+    def _prepare_cache_for_generation(
+        self, generation_config, model_kwargs: dict, generation_mode, batch_size: int, max_cache_length: int
+    ) -> None:
+        """Generation keeps its state in an `LSTMLMCache` (constant size, whatever the length)."""
+        user_cache = model_kwargs.get("cache")
+        if user_cache is not None:
+            if not isinstance(user_cache, LSTMLMCache):
+                raise ValueError(
+                    f"`cache` must be an LSTMLMCache (for example the `cache` returned by this model or by "
+                    f"`generate(..., return_dict_in_generate=True)`), got {type(user_cache).__name__}"
+                )
+            user_cache._is_user_defined = True
+            return
+        if generation_config.use_cache is False:
+            return
+        if generation_config.cache_implementation not in (None, "dynamic"):
+            raise ValueError(
+                "LSTMLM keeps a fixed-size recurrent state as its cache; "
+                f"`cache_implementation={generation_config.cache_implementation!r}` is not supported"
+            )
+        model_kwargs["cache"] = LSTMLMCache(config=self.config)
+
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
+    @deprecate_kwarg("cache_params", "5.40.0", new_name="cache")
+    def prepare_inputs_for_generation(
+        self,
+        input_ids: torch.LongTensor,
+        next_sequence_length: int | None = None,
+        cache: Cache | None = None,
+        attention_mask: torch.LongTensor | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        is_first_iteration: bool | None = False,
+        **kwargs,
+    ):
+        if is_first_iteration and isinstance(cache, LSTMLMCache) and cache.seen_tokens > 0:
+            # Resuming from a returned state: feed only the tokens it has not consumed yet.
+            if inputs_embeds is not None:
+                raise ValueError("Resuming from a cache takes `input_ids` (the full sequence), not `inputs_embeds`")
+            if input_ids.shape[1] <= cache.seen_tokens:
+                raise ValueError(
+                    f"The cache has consumed {cache.seen_tokens} tokens, so `input_ids` (the full sequence so far) "
+                    f"must be longer than that, got length {input_ids.shape[1]}"
+                )
+            next_sequence_length = input_ids.shape[1] - cache.seen_tokens
+        model_inputs = super().prepare_inputs_for_generation(
+            input_ids,
+            next_sequence_length=next_sequence_length,
+            cache=cache,
+            attention_mask=attention_mask,
+            inputs_embeds=inputs_embeds,
+            is_first_iteration=is_first_iteration,
+            **kwargs,
+        )
+        if cache is not None and not is_first_iteration and model_inputs["input_ids"].shape[1] == 1:
+            # Decoding steps feed only generated tokens, which are never padding.
+            model_inputs.pop("attention_mask", None)
+        return model_inputs
+
+
+class LSTMLMForSequenceClassification(LSTMLMPreTrainedModel):
+    """The LSTM backbone with a classification (or regression) head on the hidden state of each row's last real
+    token, found from the attention mask (right or left padding), or from `pad_token_id` when no mask is given.
+
+    Example:
+
+    ```python
+    >>> from transformers import AutoModelForSequenceClassification
+    >>> import modeling_lstmlm
+
+    >>> model = AutoModelForSequenceClassification.from_pretrained("runs/demo", num_labels=2)  # new head only
+    ```
+    """
+
+    def __init__(self, config: LSTMLMConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.model = LSTMLMModel(config)
+        dropout = config.classifier_dropout if config.classifier_dropout is not None else config.output_dropout
+        self.dropout = nn.Dropout(dropout)
+        self.score = nn.Linear(config.embedding_size, config.num_labels, bias=True)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.model.embed_tokens
+
+    def set_input_embeddings(self, new_embeddings: nn.Embedding):
+        self.model.embed_tokens = new_embeddings
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.LongTensor | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> tuple | SequenceClassifierOutputWithPast:
+        r"""
+        labels (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
+            Class indices in `[0, num_labels)`, floats for regression, or `(batch_size, num_labels)` multi-hot floats
+            for multi-label classification (see `config.problem_type`).
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        outputs = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            inputs_embeds=inputs_embeds,
+            use_cache=False,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+        )
+        hidden = outputs.last_hidden_state  # (batch, seq, embedding_size)
+        batch_size, seq_len = hidden.shape[:2]
+        if attention_mask is not None:
+            real = attention_mask[:, -seq_len:].bool()
+        elif input_ids is not None and self.config.pad_token_id is not None:
+            real = input_ids != self.config.pad_token_id
+        else:
+            real = torch.ones(batch_size, seq_len, dtype=torch.bool, device=hidden.device)
+        positions = torch.arange(seq_len, device=hidden.device)
+        last = torch.where(real, positions, -1).amax(dim=1).clamp(min=0)  # (batch,) last real token
+        pooled = hidden[torch.arange(batch_size, device=hidden.device), last]  # (batch, embedding_size)
+        logits = self.score(self.dropout(pooled))  # (batch, num_labels)
+
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(labels=labels, pooled_logits=logits, config=self.config)
+        if not return_dict:
+            output = (logits,) + ((outputs.hidden_states,) if outputs.hidden_states is not None else ())
+            return ((loss,) + output) if loss is not None else output
+        return SequenceClassifierOutputWithPast(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+
+
+# Every `save_pretrained` copies this file and the configuration file next to the weights and writes `auto_map`, so a
+# saved folder loads with `trust_remote_code=True` where this package is not installed.
+LSTMLMModel.register_for_auto_class("AutoModel")
+LSTMLMForCausalLM.register_for_auto_class("AutoModelForCausalLM")
+LSTMLMForSequenceClassification.register_for_auto_class("AutoModelForSequenceClassification")
+
+__all__ = [
+    "LSTMLMCache",
+    "LSTMLMPreTrainedModel",
+    "LSTMLMModel",
+    "LSTMLMForCausalLM",
+    "LSTMLMForSequenceClassification",
+]
