@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from torch import nn
 from torch.func import functional_call
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
@@ -147,6 +148,16 @@ class LSTMLMPreTrainedModel(PreTrainedModel):
                 init.uniform_(module.weight, -bound, bound)
             if module.bias is not None:
                 init.zeros_(module.bias)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        try:
+            return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        except SafetensorError as err:
+            raise OSError(
+                f"Could not read the weights of {str(pretrained_model_name_or_path)!r}: the safetensors file is "
+                f"corrupt or truncated ({err})"
+            ) from err
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         # `register_for_auto_class` maps only the saved object's class in `auto_map`; map every head of this file so
