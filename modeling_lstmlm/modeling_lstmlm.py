@@ -549,6 +549,10 @@ class LSTMLMForSequenceClassification(LSTMLMPreTrainedModel):
             for multi-label classification (see `config.problem_type`).
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
+        if attention_mask is None and input_ids is not None and self.config.pad_token_id is not None:
+            # No mask given: pad tokens are padding, so they neither enter the recurrence (left padding would
+            # otherwise change the state) nor get pooled.
+            attention_mask = (input_ids != self.config.pad_token_id).long()
         outputs = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -561,8 +565,6 @@ class LSTMLMForSequenceClassification(LSTMLMPreTrainedModel):
         batch_size, seq_len = hidden.shape[:2]
         if attention_mask is not None:
             real = attention_mask[:, -seq_len:].bool()
-        elif input_ids is not None and self.config.pad_token_id is not None:
-            real = input_ids != self.config.pad_token_id
         else:
             real = torch.ones(batch_size, seq_len, dtype=torch.bool, device=hidden.device)
         positions = torch.arange(seq_len, device=hidden.device)
