@@ -445,6 +445,29 @@ class LSTMLMForCausalLM(LSTMLMPreTrainedModel, GenerationMixin):
             return ((loss,) + output) if loss is not None else output
         return LSTMLMCausalLMOutput(loss=loss, logits=logits, cache=outputs.cache, hidden_states=outputs.hidden_states)
 
+    def _prepare_generation_config(self, generation_config, **kwargs):
+        """Refuses what cannot work on a recurrent state, and keeps the state on unless this call turns it off."""
+        call_use_cache = kwargs.get("use_cache", getattr(generation_config, "use_cache", None))
+        generation_config, model_kwargs = super()._prepare_generation_config(generation_config, **kwargs)
+        if generation_config.use_cache is False and call_use_cache is None:
+            # `config.use_cache=False` is a training setting (the Trainer writes it and `save_pretrained` keeps it);
+            # the state costs O(1) per token, so generation keeps it unless the call itself passes `use_cache=False`.
+            logger.info("Generating with the recurrent state although the model's config says `use_cache=False`")
+            generation_config.use_cache = True
+        if generation_config.cache_implementation not in (None, "dynamic"):
+            raise ValueError(
+                "LSTMLM keeps a fixed-size recurrent state as its cache; "
+                f"`cache_implementation={generation_config.cache_implementation!r}` is not supported"
+            )
+        if generation_config.prefill_chunk_size is not None:
+            raise ValueError(
+                "`prefill_chunk_size` is not supported: LSTMLM reads the prompt in one pass, and its state does not "
+                "grow with the prompt"
+            )
+        if generation_config.output_attentions:
+            raise ValueError("LSTMLM has no attention, so `output_attentions=True` is not supported")
+        return generation_config, model_kwargs
+
     def _prepare_cache_for_generation(
         self, generation_config, model_kwargs: dict, generation_mode, batch_size: int, max_cache_length: int
     ) -> None:
@@ -460,11 +483,6 @@ class LSTMLMForCausalLM(LSTMLMPreTrainedModel, GenerationMixin):
             return
         if generation_config.use_cache is False:
             return
-        if generation_config.cache_implementation not in (None, "dynamic"):
-            raise ValueError(
-                "LSTMLM keeps a fixed-size recurrent state as its cache; "
-                f"`cache_implementation={generation_config.cache_implementation!r}` is not supported"
-            )
         model_kwargs["cache"] = LSTMLMCache(config=self.config)
 
     @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
