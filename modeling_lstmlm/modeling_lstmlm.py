@@ -124,6 +124,31 @@ def _dropout(x: torch.Tensor, p: float, training: bool, variational: bool) -> to
     return x * mask
 
 
+def _lstm_cell(layer: nn.Module, x: torch.Tensor, state) -> tuple[torch.Tensor, torch.Tensor]:
+    """One time step of a one-layer LSTM, computed directly from the layer's own parameters (no copies to go stale).
+
+    `x` is `(batch, input_size)`; `state` is the layer's `(h, c)`, each `(batch, hidden)`, or None for the zero state.
+    Returns the new `(h, c)`; when a state is given, the new `c` is written into `state[1]` in place (the cache slot).
+    For eval-mode, no-grad decoding only: the fused `nn.LSTM` kernel repacks its weights on every call, which costs more
+    than the step itself for one token. Same gate order as `nn.LSTM` (input, forget, cell, output).
+    """
+    if isinstance(layer, nn.LSTM):
+        gates = torch.addmm(layer.bias_ih_l0, x, layer.weight_ih_l0.t())  # (batch, 4 * hidden)
+        if state is not None:
+            gates.addmm_(state[0], layer.weight_hh_l0.t())
+        gates.add_(layer.bias_hh_l0)
+    else:  # an int8 layer (quantization.py) computes its own gate pre-activations
+        gates = layer.gates(x, None if state is None else state[0])
+    hidden = gates.shape[1] // 4
+    gates[:, : 2 * hidden].sigmoid_()  # input and forget gates
+    gates[:, 3 * hidden :].sigmoid_()  # output gate
+    i, f, g, o = gates.chunk(4, dim=1)
+    g.tanh_()  # cell candidate
+    c = i * g if state is None else state[1].mul_(f).addcmul_(i, g)
+    h = torch.tanh(c).mul_(o)
+    return h, c
+
+
 class LSTMLMPreTrainedModel(PreTrainedModel):
     config: LSTMLMConfig
     base_model_prefix = "model"
@@ -275,6 +300,14 @@ class LSTMLMModel(LSTMLMPreTrainedModel):
             cache = LSTMLMCache(config=self.config)
 
         mask = self._prepare_mask(attention_mask, batch_size, seq_len)  # (batch, seq) bool, or None if no padding
+        if seq_len == 1 and mask is None and not self.training and not torch.is_grad_enabled():
+            # One token in inference (every decoding step of `generate`): the direct step, not the fused kernel.
+            output, all_hidden_states = self._decode_step(inputs_embeds, cache, output_hidden_states)
+            if not return_dict:
+                return tuple(v for v in (output, cache if use_cache else None, all_hidden_states) if v is not None)
+            return LSTMLMModelOutput(
+                last_hidden_state=output, cache=cache if use_cache else None, hidden_states=all_hidden_states
+            )
         variational = self.config.variational_dropout
         hidden = _dropout(inputs_embeds, self.config.embedding_dropout, self.training, variational)
         all_hidden_states = (hidden,) if output_hidden_states else None
@@ -317,6 +350,32 @@ class LSTMLMModel(LSTMLMPreTrainedModel):
             hidden_states=all_hidden_states,
             regularization_loss=regularization_loss,
         )
+
+    def _decode_step(self, inputs_embeds: torch.Tensor, cache: LSTMLMCache | None, output_hidden_states: bool):
+        """One position through the stack with `_lstm_cell` (eval, no grad, no padding); updates `cache` in place.
+
+        Matches the fused `nn.LSTM` path (logits within 1e-5, same greedy ids); training and multi-token prefill keep
+        the fused kernels. Returns the output `(batch, 1, embedding_size)` and the hidden states when asked.
+        """
+        hidden = inputs_embeds[:, 0]  # (batch, embedding_size)
+        all_hidden_states = (inputs_embeds,) if output_hidden_states else None
+        last = len(self.layers) - 1
+        for layer_idx, layer in enumerate(self.layers):
+            state = cache.get_state(layer_idx) if cache is not None else None
+            hidden, c = _lstm_cell(layer, hidden, state)  # (batch, hidden)
+            if state is not None:
+                state[0].copy_(hidden)  # `get_state` gives views of the cache slot; `c` is already written there
+            elif cache is not None:
+                cache.set_state(layer_idx, hidden, c)
+            if output_hidden_states and layer_idx < last:
+                all_hidden_states += (hidden[:, None],)
+        top = self.proj(hidden) if self.proj is not None else hidden
+        output = top[:, None]  # (batch, 1, embedding_size)
+        if output_hidden_states:
+            all_hidden_states += (output,)
+        if cache is not None:
+            cache.seen_tokens += 1
+        return output, all_hidden_states
 
     @staticmethod
     def _prepare_mask(attention_mask, batch_size: int, seq_len: int) -> torch.Tensor | None:
