@@ -391,7 +391,11 @@ class LSTMLMModel(LSTMLMPreTrainedModel):
 
     def _run_stack_layer(self, layer: nn.LSTM, x: torch.Tensor, state, mask: torch.Tensor | None):
         """Run one layer; with padding, only each row's real tokens (in order) go through the recurrence."""
-        hx = None if state is None else (state[0].unsqueeze(0).contiguous(), state[1].unsqueeze(0).contiguous())
+        # Copies, not views: `cache.set_state` overwrites the cache slot in place after this layer, and the LSTM keeps
+        # hx for its backward pass (a batch-1 view would be "contiguous" already, then modified: autograd error).
+        hx = None
+        if state is not None:
+            hx = tuple(s.unsqueeze(0).clone(memory_format=torch.contiguous_format) for s in state)  # (1, batch, hidden)
         if mask is None:
             out, (h, c) = self._run_layer(layer, x, hx)
             return out, (h[0], c[0])
