@@ -211,6 +211,10 @@ class LSTMLMModel(LSTMLMPreTrainedModel):
     ```
     """
 
+    # One-token forwards in eval without grad (generate's decoding steps) use `_decode_step`; set to False on an
+    # instance to run them through `nn.LSTM` instead (benchmarks compare the two).
+    direct_decode: bool = True
+
     def __init__(self, config: LSTMLMConfig):
         super().__init__(config)
         self.embed_tokens = nn.Embedding(config.vocab_size, config.embedding_size)
@@ -235,11 +239,13 @@ class LSTMLMModel(LSTMLMPreTrainedModel):
     def _embed(self, input_ids: torch.LongTensor) -> torch.Tensor:
         if input_ids.dim() != 2:
             raise ValueError(f"`input_ids` must have shape (batch, sequence), got {tuple(input_ids.shape)}")
-        if input_ids.numel() and (input_ids.min() < 0 or input_ids.max() >= self.config.vocab_size):
-            raise ValueError(
-                f"`input_ids` must be token ids in [0, vocab_size={self.config.vocab_size}), got values in "
-                f"[{int(input_ids.min())}, {int(input_ids.max())}]"
-            )
+        if input_ids.numel():
+            low, high = (int(v) for v in torch.aminmax(input_ids))  # one reduction (runs every decoding step)
+            if low < 0 or high >= self.config.vocab_size:
+                raise ValueError(
+                    f"`input_ids` must be token ids in [0, vocab_size={self.config.vocab_size}), got values in "
+                    f"[{low}, {high}]"
+                )
         weight = self.embed_tokens.weight
         p = self.config.embedding_row_dropout
         if self.training and p > 0:
@@ -300,7 +306,7 @@ class LSTMLMModel(LSTMLMPreTrainedModel):
             cache = LSTMLMCache(config=self.config)
 
         mask = self._prepare_mask(attention_mask, batch_size, seq_len)  # (batch, seq) bool, or None if no padding
-        if seq_len == 1 and mask is None and not self.training and not torch.is_grad_enabled():
+        if self.direct_decode and seq_len == 1 and mask is None and not self.training and not torch.is_grad_enabled():
             # One token in inference (every decoding step of `generate`): the direct step, not the fused kernel.
             output, all_hidden_states = self._decode_step(inputs_embeds, cache, output_hidden_states)
             if not return_dict:
@@ -570,6 +576,14 @@ class LSTMLMForCausalLM(LSTMLMPreTrainedModel, GenerationMixin):
                     f"must be longer than that, got length {input_ids.shape[1]}"
                 )
             next_sequence_length = input_ids.shape[1] - cache.seen_tokens
+        elif not is_first_iteration and next_sequence_length == 1 and isinstance(cache, LSTMLMCache):
+            # A decoding step: the newest token (never padding) and the state; the other kwargs (use_cache,
+            # logits_to_keep, output_*) go through as the generic method would. Built here because the generic method
+            # inspects `forward`'s signature and walks the parameters for the device on every step (~0.1 ms a token).
+            model_inputs = {k: v for k, v in kwargs.items() if k != "labels"}
+            model_inputs["input_ids"] = input_ids[:, -1:].to(self.model.embed_tokens.weight.device)
+            model_inputs["cache"] = cache
+            return model_inputs
         model_inputs = super().prepare_inputs_for_generation(
             input_ids,
             next_sequence_length=next_sequence_length,
