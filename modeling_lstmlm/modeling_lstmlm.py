@@ -8,6 +8,7 @@ This file travels with every saved model folder as remote code: it imports only 
 transformers and torch.
 """
 
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -149,6 +150,167 @@ def _lstm_cell(layer: nn.Module, x: torch.Tensor, state) -> tuple[torch.Tensor, 
     return h, c
 
 
+# Int8 inference on CPU. `quantization.quantize_model` converts a float model and records `config.quantization`; the
+# classes live here because a saved int8 folder needs them to load (this file travels as remote code). The weights are
+# int8 with one float scale per output row; torch's dynamic-quantization kernel (`quantized::linear_dynamic`: fbgemm /
+# oneDNN on x86, qnnpack on ARM) quantizes the activations on the fly.
+
+_QUANTIZATION_METHODS = ("int8",)
+
+
+def _quantization_method(config) -> str | None:
+    """The quantization method recorded in `config` (`None` for a float model); raises on an unknown entry."""
+    entry = getattr(config, "quantization", None)
+    if entry is None:
+        return None
+    method = entry.get("method") if isinstance(entry, dict) else None
+    if method not in _QUANTIZATION_METHODS:
+        raise ValueError(
+            f"`config.quantization` must be None or a dict with `method` in {_QUANTIZATION_METHODS}, got {entry!r}"
+        )
+    return method
+
+
+def _quantize_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric int8 with one scale per output row: `weight ~= int8 * scale[:, None]`."""
+    weight = weight.detach().float()
+    scale = (weight.abs().amax(dim=1) / 127).clamp(min=1e-12)  # (out,)
+    q = torch.round(weight / scale[:, None]).clamp(-127, 127).to(torch.int8)  # (out, in)
+    return q, scale
+
+
+class Int8Linear(nn.Module):
+    """A linear layer with int8 weights (one float scale per output row) and activations quantized on the fly.
+
+    The weights live in the buffers `weight_int8` and `weight_scale` (saved and loaded like any weight); the packed
+    form that the kernel reads is built from them on first use and rebuilt whenever they change (new storage or an
+    in-place write that bumps their version counter). Inference only: there is no gradient for the weights.
+
+    Example:
+
+    ```python
+    >>> layer = Int8Linear.from_float(nn.Linear(512, 2048))
+    >>> layer(torch.randn(3, 512)).shape
+    torch.Size([3, 2048])
+    ```
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, reduce_range: bool = True):
+        super().__init__()
+        self.in_features = in_features
+        self.out_features = out_features
+        # Quantize activations to 7 bits as torch's dynamic Linear does: fbgemm's int16 accumulation can saturate
+        # with full 8-bit activations on CPUs without VNNI.
+        self.reduce_range = reduce_range
+        self.register_buffer("weight_int8", torch.zeros(out_features, in_features, dtype=torch.int8))
+        self.register_buffer("weight_scale", torch.ones(out_features, dtype=torch.float32))
+        self.register_buffer("bias", torch.zeros(out_features) if bias else None)
+        self._packed = None
+        self._packed_key = None
+
+    @classmethod
+    def from_float(cls, linear: nn.Linear, reduce_range: bool = True) -> "Int8Linear":
+        layer = cls(linear.in_features, linear.out_features, bias=linear.bias is not None, reduce_range=reduce_range)
+        return layer._set_weights(linear.weight, linear.bias)
+
+    def _set_weights(self, weight: torch.Tensor, bias: torch.Tensor | None) -> "Int8Linear":
+        q, scale = _quantize_rows(weight)
+        self.weight_int8 = q.to(weight.device)
+        self.weight_scale = scale.to(weight.device)
+        if bias is not None:
+            self.bias = bias.detach().float().clone()
+        return self
+
+    def dequantized_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The float weight the int8 one stands for, `(out_features, in_features)`."""
+        return self.weight_int8.to(dtype) * self.weight_scale.to(dtype)[:, None]
+
+    def _packed_weight(self):
+        tensors = (self.weight_int8, self.weight_scale, self.bias)
+        key = tuple((t.data_ptr(), t._version) if t is not None else None for t in tensors)
+        key += (torch.backends.quantized.engine, self.weight_int8.device)
+        if self._packed_key != key:
+            self._packed = None
+            if self.weight_int8.device.type == "cpu":
+                try:
+                    with warnings.catch_warnings():
+                        # torch marks its quantized-tensor constructors deprecated in favour of torchao, whose x86
+                        # eager kernels are slower than this one on x86 (see quantization.py).
+                        warnings.simplefilter("ignore")
+                        scale = self.weight_scale.double()
+                        qweight = torch.quantize_per_channel(
+                            self.dequantized_weight(),
+                            scale,
+                            torch.zeros_like(scale, dtype=torch.long),
+                            0,
+                            torch.qint8,
+                        )
+                        bias = self.bias.float() if self.bias is not None else None
+                        self._packed = torch.ops.quantized.linear_prepack(qweight, bias)
+                except (RuntimeError, AttributeError, NotImplementedError) as error:
+                    logger.warning_once(f"int8 kernels unavailable ({error}); using dequantized float weights")
+            self._packed_key = key
+        return self._packed
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        packed = self._packed_weight()
+        if packed is None:  # no int8 kernel for this device or build: same result from the dequantized weights
+            bias = self.bias.to(x.dtype) if self.bias is not None else None
+            return nn.functional.linear(x, self.dequantized_weight(x.dtype), bias)
+        y = torch.ops.quantized.linear_dynamic(x.float(), packed, self.reduce_range)
+        return y if y.dtype == x.dtype else y.to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+
+class Int8LSTM(nn.Module):
+    """A one-layer batch-first LSTM with int8 weights, in place of `nn.LSTM(input_size, hidden_size, batch_first=True)`.
+
+    Single-token decoding calls `gates` (two int8 matmuls; the model's decode step does the gate math). Multi-token
+    forwards (prompts, scoring, padded batches as `PackedSequence`) run the fused LSTM kernel on the dequantized
+    weights, so they give what the decode step gives up to float rounding.
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, reduce_range: bool = True):
+        super().__init__()
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.ih = Int8Linear(input_size, 4 * hidden_size, reduce_range=reduce_range)
+        self.hh = Int8Linear(hidden_size, 4 * hidden_size, reduce_range=reduce_range)
+        # A weightless nn.LSTM that `functional_call` runs with the dequantized weights (kept out of the state dict).
+        self.__dict__["_template"] = nn.LSTM(input_size, hidden_size, batch_first=True, device="meta")
+
+    @classmethod
+    def from_float(cls, lstm: nn.LSTM, reduce_range: bool = True) -> "Int8LSTM":
+        if lstm.num_layers != 1 or lstm.bidirectional or not lstm.batch_first or lstm.proj_size or not lstm.bias:
+            raise ValueError(f"Int8LSTM replaces a one-layer, unidirectional, batch-first LSTM with biases, got {lstm}")
+        layer = cls(lstm.input_size, lstm.hidden_size, reduce_range=reduce_range)
+        layer.ih._set_weights(lstm.weight_ih_l0, lstm.bias_ih_l0)
+        layer.hh._set_weights(lstm.weight_hh_l0, lstm.bias_hh_l0)
+        return layer
+
+    def gates(self, x: torch.Tensor, h: torch.Tensor | None) -> torch.Tensor:
+        """Gate pre-activations `x W_ih^T + b_ih + h W_hh^T + b_hh`, `(batch, 4 * hidden)`; `h=None`: zero state."""
+        gates = self.ih(x)
+        if h is None:
+            return gates.add_(self.hh.bias.to(gates.dtype))
+        return gates.add_(self.hh(h))
+
+    def forward(self, x, hx=None):
+        dtype = x.data.dtype  # x may be a PackedSequence
+        params = {
+            "weight_ih_l0": self.ih.dequantized_weight(dtype),
+            "weight_hh_l0": self.hh.dequantized_weight(dtype),
+            "bias_ih_l0": self.ih.bias.to(dtype),
+            "bias_hh_l0": self.hh.bias.to(dtype),
+        }
+        return functional_call(self._template, params, (x, hx))
+
+    def extra_repr(self) -> str:
+        return f"{self.input_size}, {self.hidden_size}, batch_first=True, int8"
+
+
 class LSTMLMPreTrainedModel(PreTrainedModel):
     config: LSTMLMConfig
     base_model_prefix = "model"
@@ -222,6 +384,9 @@ class LSTMLMModel(LSTMLMPreTrainedModel):
             nn.LSTM(config.embedding_size if i == 0 else config.hidden_size, config.hidden_size, batch_first=True)
             for i in range(config.num_hidden_layers)
         )
+        if _quantization_method(config) is not None:  # an int8 folder (see quantization.py): int8 weights
+            reduce_range = config.quantization.get("reduce_range", True)
+            self.layers = nn.ModuleList(Int8LSTM(x.input_size, x.hidden_size, reduce_range) for x in self.layers)
         # Projects the top of the stack to the embedding size, so the output layer can be tied to the embedding.
         self.proj = (
             nn.Linear(config.hidden_size, config.embedding_size, bias=False)
@@ -446,6 +611,9 @@ class LSTMLMForCausalLM(LSTMLMPreTrainedModel, GenerationMixin):
         super().__init__(config)
         self.model = LSTMLMModel(config)
         self.lm_head = nn.Linear(config.embedding_size, config.vocab_size, bias=True)
+        if _quantization_method(config) is not None:  # an int8 folder (see quantization.py): int8 weights
+            reduce_range = config.quantization.get("reduce_range", True)
+            self.lm_head = Int8Linear(config.embedding_size, config.vocab_size, reduce_range=reduce_range)
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Embedding:

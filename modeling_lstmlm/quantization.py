@@ -1,0 +1,62 @@
+"""Int8 weights for CPU inference, in one call: `quantize_model(model)`.
+
+The LSTM layers and the output layer get int8 weights (symmetric, one float scale per output row) and run on torch's
+dynamic-quantization kernel (`torch.ops.quantized.linear_dynamic`: fbgemm / oneDNN on x86, qnnpack on ARM), which
+quantizes the activations on the fly; the embedding (one row read per token) and the optional projection stay in
+floating point. Single-token decoding stays a direct step (two int8 matmuls per layer, then the gate math); prompts
+and other multi-token forwards run the fused LSTM kernel on the dequantized weights.
+
+`quantize_model` records `{"method": "int8", ...}` in `model.config.quantization`; `save_pretrained` then writes a
+folder of int8 weights (about a quarter of the bytes) that `AutoModelForCausalLM.from_pretrained` loads as int8: the
+model classes (`Int8LSTM`, `Int8Linear` in modeling_lstmlm.py, which travels as remote code) build the int8 modules
+from that entry before the weights are loaded. `scripts/quantize.py` does this for a saved folder and reports the
+perplexity before and after.
+
+Why these kernels and not torchao: torchao 0.18's int8 configs (`Int8DynamicActivationInt8WeightConfig`,
+`Int8WeightOnlyConfig`) run in eager mode on x86 through generic int8 matmuls that are slower than the float matmul at
+batch 1 on this project's machine (benchmarks/README.md); its fast CPU kernels target ARM or need torch.compile.
+`torch.ao.quantization.quantize_dynamic` warns that it is deprecated and keeps its weights in packed objects that
+safetensors cannot store; the kernel it calls is the one used here, on plain int8 tensors packed lazily.
+
+Example:
+
+```python
+>>> from transformers import AutoModelForCausalLM
+>>> from modeling_lstmlm.quantization import quantize_model
+
+>>> model = quantize_model(AutoModelForCausalLM.from_pretrained("runs/demo"))
+>>> model.save_pretrained("runs/demo-int8")  # AutoModelForCausalLM.from_pretrained("runs/demo-int8") is int8
+```
+"""
+
+from torch import nn
+
+from .modeling_lstmlm import _QUANTIZATION_METHODS, Int8Linear, Int8LSTM, _quantization_method
+
+INT8 = "int8"
+
+
+def quantize_model(model: nn.Module, method: str = INT8, reduce_range: bool = True) -> nn.Module:
+    """Quantize a float LSTMLM model in place (its LSTM layers and, for a causal LM, the output layer) and record it in
+    `model.config.quantization`, so that `save_pretrained` writes a folder the Auto classes load as int8.
+
+    The output layer gets its own int8 copy of the weights, so `tie_word_embeddings` becomes False (the float
+    embedding stays as it was). Inference only: the result cannot be trained. Returns the model, in eval mode.
+    """
+    if method not in _QUANTIZATION_METHODS:
+        raise ValueError(f"`method` must be one of {_QUANTIZATION_METHODS}, got {method!r}")
+    if _quantization_method(model.config) is not None:
+        raise ValueError(f"The model is already quantized ({model.config.quantization})")
+    backbone = getattr(model, model.base_model_prefix, model)
+    if not all(isinstance(layer, nn.LSTM) for layer in getattr(backbone, "layers", [None])):
+        raise ValueError(f"`model` must be an LSTMLM model with nn.LSTM layers, got {type(model).__name__}")
+    backbone.layers = nn.ModuleList(Int8LSTM.from_float(layer, reduce_range) for layer in backbone.layers)
+    head = getattr(model, "lm_head", None)
+    if isinstance(head, nn.Linear):
+        model.lm_head = Int8Linear.from_float(head, reduce_range)
+    model.config.tie_word_embeddings = False
+    model.config.quantization = {"method": method, "reduce_range": reduce_range}
+    return model.eval()
+
+
+__all__ = ["INT8", "Int8LSTM", "Int8Linear", "quantize_model"]
