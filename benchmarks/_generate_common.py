@@ -1,0 +1,301 @@
+"""Shared pieces of the generation benchmarks: models, decode loops, one measurement per fresh process, tables.
+
+Every measurement runs in a fresh Python process (`python benchmarks/_generate_common.py '<json spec>'`), so that
+its peak memory is its own: the peak resident set size (Linux `VmHWM`, reset through `/proc/self/clear_refs` right
+before the timed runs) minus the resident set size just before them. That is the memory the operating system had
+to hand the process for the generation itself (state or KV cache, logits, activations, allocator slack), torch
+allocations included. Where `clear_refs` cannot be written, a thread samples the resident set size every
+millisecond instead (the table says which).
+"""
+
+import importlib.util
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+REPO_ROOT = HERE.parent
+if importlib.util.find_spec("modeling_lstmlm") is None:  # a checkout without `pip install -e .`
+    sys.path.insert(0, str(REPO_ROOT))
+
+# The realistic size named in the issue: H=512, L=2, V=8192 (the bundled tokenizer).
+DEFAULT_LSTM = {"vocab_size": 8192, "hidden_size": 512, "num_hidden_layers": 2}
+
+
+# ---------------------------------------------------------------- machine facts and tables
+
+
+def machine_facts(threads: int) -> dict:
+    import transformers
+
+    cpu = platform.processor() or ""
+    try:
+        match = re.search(r"model name\s*:\s*(.+)", Path("/proc/cpuinfo").read_text())
+        cpu = match.group(1).strip() if match else cpu
+    except OSError:
+        pass
+    try:
+        load = os.getloadavg()[0]
+    except OSError:
+        load = float("nan")
+    return {
+        "cpu": cpu or "unknown",
+        "logical cores": os.cpu_count(),
+        "torch threads per run": threads,
+        "load average (1 min) at start": round(load, 2),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "platform": platform.platform(),
+    }
+
+
+def print_facts(facts: dict) -> None:
+    print("machine:")
+    for key, value in facts.items():
+        print(f"  {key}: {value}")
+
+
+def print_table(headers: list[str], rows: list[list]) -> None:
+    """A GitHub-markdown table, so it can be pasted into the README as printed."""
+    cells = [[str(c) for c in row] for row in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
+    print("| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)) + " |")
+    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for row in cells:
+        print("| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |")
+
+
+def measure(spec: dict) -> dict:
+    """Runs one measurement (see `worker`) in a fresh process and returns its result."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(spec["threads"]), MKL_NUM_THREADS=str(spec["threads"]))
+    env.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    proc = subprocess.run(
+        [sys.executable, str(Path(__file__).resolve()), json.dumps(spec)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO_ROOT,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"measurement {spec} failed:\n{proc.stderr[-4000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# ---------------------------------------------------------------- models
+
+
+def build_lstm(spec: dict):
+    from modeling_lstmlm import LSTMLMConfig, LSTMLMForCausalLM
+
+    torch.manual_seed(spec.get("seed", 0))
+    config = LSTMLMConfig(**spec.get("lstm", DEFAULT_LSTM), eos_token_id=None)  # no early stop: exactly N tokens
+    return LSTMLMForCausalLM(config).eval()
+
+
+def count_parameters(model) -> int:
+    return sum(p.numel() for p in model.parameters())  # tied weights are counted once
+
+
+def gpt2_config_matching(n_params: int, vocab_size: int, n_positions: int, n_layer: int | None = None, head_dim=64):
+    """The GPT-2 (tied embeddings) whose parameter count is closest to `n_params`, with that vocabulary (and that
+    depth when `n_layer` is given)."""
+    from transformers import GPT2Config
+
+    def gpt2_params(d: int, layers: int) -> int:
+        # wte + wpe + per layer (2 LayerNorms, c_attn, c_proj, c_fc, mlp c_proj) + final LayerNorm
+        return vocab_size * d + n_positions * d + layers * (12 * d * d + 13 * d) + 2 * d
+
+    best = min(
+        (
+            (d, layers)
+            for d in range(head_dim, 2048 + 1, head_dim)
+            for layers in ([n_layer] if n_layer else range(1, 25))
+        ),
+        key=lambda dl: (abs(gpt2_params(*dl) - n_params), -dl[1]),
+    )
+    d, layers = best
+    return GPT2Config(
+        vocab_size=vocab_size,
+        n_positions=n_positions,
+        n_embd=d,
+        n_layer=layers,
+        n_head=d // head_dim,
+        bos_token_id=0,
+        eos_token_id=None,
+        pad_token_id=1,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+    )
+
+
+def build_gpt2(spec: dict):
+    from transformers import GPT2LMHeadModel
+
+    g = spec["gpt2"]
+    config = gpt2_config_matching(g["n_params"], g["vocab_size"], g["n_positions"], g.get("n_layer"))
+    torch.manual_seed(spec.get("seed", 0))
+    return GPT2LMHeadModel(config).eval()
+
+
+# ---------------------------------------------------------------- decode loops written by hand over the same weights
+
+
+@torch.inference_mode()
+def loop_nn_lstm(model, input_ids: torch.LongTensor, new_tokens: int) -> torch.LongTensor:
+    """The loop a PyTorch user writes: the model's own `nn.LSTM` layers called one token at a time, greedy."""
+    backbone, head = model.model, model.lm_head
+    x = backbone.embed_tokens(input_ids)  # (batch, prompt, embedding)
+    states = []
+    for layer in backbone.layers:
+        x, state = layer(x)
+        states.append(state)
+    top = backbone.proj(x[:, -1]) if backbone.proj is not None else x[:, -1]
+    token = head(top).argmax(-1)  # (batch,)
+    out = input_ids.new_empty(input_ids.shape[0], new_tokens)
+    for step in range(new_tokens):
+        out[:, step] = token
+        if step == new_tokens - 1:
+            break
+        x = backbone.embed_tokens(token)[:, None]  # (batch, 1, embedding)
+        for i, layer in enumerate(backbone.layers):
+            x, states[i] = layer(x, states[i])
+        top = backbone.proj(x[:, 0]) if backbone.proj is not None else x[:, 0]
+        token = head(top).argmax(-1)
+    return torch.cat([input_ids, out], dim=1)
+
+
+@torch.inference_mode()
+def loop_lstm_cell(model, input_ids: torch.LongTensor, new_tokens: int) -> torch.LongTensor:
+    """The fastest loop we know how to write by hand: the prompt through the fused layers, then `torch.lstm_cell`
+    (the `nn.LSTMCell` kernel) on the same weights for each token, greedy."""
+    backbone, head = model.model, model.lm_head
+    x = backbone.embed_tokens(input_ids)
+    states, weights = [], []
+    for layer in backbone.layers:
+        x, (h, c) = layer(x)
+        states.append((h[0], c[0]))
+        weights.append((layer.weight_ih_l0, layer.weight_hh_l0, layer.bias_ih_l0, layer.bias_hh_l0))
+    top = backbone.proj(x[:, -1]) if backbone.proj is not None else x[:, -1]
+    token = head(top).argmax(-1)
+    out = input_ids.new_empty(input_ids.shape[0], new_tokens)
+    for step in range(new_tokens):
+        out[:, step] = token
+        if step == new_tokens - 1:
+            break
+        x = backbone.embed_tokens(token)  # (batch, embedding)
+        for i, (w_ih, w_hh, b_ih, b_hh) in enumerate(weights):
+            states[i] = torch.lstm_cell(x, states[i], w_ih, w_hh, b_ih, b_hh)
+            x = states[i][0]
+        top = backbone.proj(x) if backbone.proj is not None else x
+        token = head(top).argmax(-1)
+    return torch.cat([input_ids, out], dim=1)
+
+
+def run_generate(model, input_ids: torch.LongTensor, new_tokens: int) -> torch.LongTensor:
+    return model.generate(
+        input_ids,
+        attention_mask=torch.ones_like(input_ids),
+        max_new_tokens=new_tokens,
+        min_new_tokens=new_tokens,
+        do_sample=False,
+        use_cache=True,
+    )
+
+
+METHODS = {"generate": run_generate, "loop_nn_lstm": loop_nn_lstm, "loop_lstm_cell": loop_lstm_cell}
+
+
+# ---------------------------------------------------------------- one measurement (in its own process)
+
+
+def _rss_kb() -> int:
+    return int(re.search(r"VmRSS:\s+(\d+)", Path("/proc/self/status").read_text()).group(1))
+
+
+def _hwm_kb() -> int:
+    return int(re.search(r"VmHWM:\s+(\d+)", Path("/proc/self/status").read_text()).group(1))
+
+
+class PeakRSS:
+    """Peak resident set size growth over a block, in MiB."""
+
+    def __enter__(self):
+        self.method = "VmHWM after clear_refs"
+        try:
+            Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+        except OSError:
+            self.method = "psutil sampling at 1 ms"
+        self.before_kb = _rss_kb() if self.method.startswith("VmHWM") else None
+        if self.before_kb is None:
+            import psutil
+
+            process = psutil.Process()
+            self.before_kb = process.memory_info().rss // 1024
+            self._peak_kb, self._stop = self.before_kb, threading.Event()
+
+            def sample():
+                while not self._stop.is_set():
+                    self._peak_kb = max(self._peak_kb, process.memory_info().rss // 1024)
+                    time.sleep(0.001)
+
+            self._thread = threading.Thread(target=sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self.method.startswith("VmHWM"):
+            peak = _hwm_kb()
+        else:
+            self._stop.set()
+            self._thread.join()
+            peak = self._peak_kb
+        self.growth_mib = (peak - self.before_kb) / 1024
+
+
+def worker(spec: dict) -> dict:
+    torch.set_num_threads(spec["threads"])
+    model = build_gpt2(spec) if spec["model"] == "gpt2" else build_lstm(spec)
+    method = METHODS[spec["method"]]
+    generator = torch.Generator().manual_seed(spec.get("seed", 0))
+    vocab = model.config.vocab_size
+    input_ids = torch.randint(2, vocab, (spec["batch"], spec["prompt_len"]), generator=generator)
+    n = spec["new_tokens"]
+    with torch.inference_mode():
+        method(model, input_ids, min(n, 8))  # warm-up: first-call allocations and lazy initialisation
+    with PeakRSS() as memory, torch.inference_mode():
+        start = time.perf_counter()
+        out = method(model, input_ids, n)
+        first = time.perf_counter() - start
+    times = [first]
+    for _ in range(spec.get("repeats", 3) - 1):
+        with torch.inference_mode():
+            start = time.perf_counter()
+            method(model, input_ids, n)
+            times.append(time.perf_counter() - start)
+    if out.shape != (spec["batch"], spec["prompt_len"] + n):
+        raise RuntimeError(f"{spec['method']} returned shape {tuple(out.shape)}")
+    return {
+        "seconds_min": min(times),
+        "seconds_median": statistics.median(times),
+        "peak_rss_growth_mib": memory.growth_mib,
+        "memory_method": memory.method,
+        "n_params": count_parameters(model),
+        "tokens": out[:, spec["prompt_len"] :].tolist(),
+        "config": {k: v for k, v in model.config.to_dict().items() if k in ("n_embd", "n_layer", "n_head")},
+        "attn_implementation": getattr(model.config, "_attn_implementation", None),
+    }
+
+
+if __name__ == "__main__":
+    print(json.dumps(worker(json.loads(sys.argv[1]))))
