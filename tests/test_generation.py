@@ -113,8 +113,11 @@ def sequence_logprob(model, sequence: torch.LongTensor, prompt_len: int, mask=No
 # ---------------------------------------------------------------- greedy: cached == recomputed == use_cache=False
 
 
+@pytest.mark.parametrize("direct_decode", [True, False], ids=["direct-step", "nn.LSTM-step"])
 @pytest.mark.parametrize("batch", [1, 3], ids=["batch1", "batch3"])
-def test_cached_greedy_equals_recomputed_and_use_cache_false(model, batch):
+def test_cached_greedy_equals_recomputed_and_use_cache_false(batch, direct_decode):
+    model = lively_model()
+    model.model.direct_decode = direct_decode  # the decoding step's two implementations
     ids = prompts(batch=batch, seq=5)
     reference = recomputed_greedy(model, ids, 12)
     with FedTokens(model) as fed:
