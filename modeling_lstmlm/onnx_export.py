@@ -270,4 +270,36 @@ class OnnxLSTMLM:
         return sequences
 
 
-__all__ = ["FROM_CONFIG", "OnnxDecodeStep", "OnnxLSTMLM", "OnnxPrefill", "export_onnx"]
+def compare_with_model(
+    model, generator: OnnxLSTMLM, input_ids: torch.LongTensor, attention_mask=None, max_new_tokens: int = 20
+) -> dict:
+    """Run the same prompts through PyTorch and onnxruntime: the largest differences of the prefill outputs and of
+    one decoding step, and whether greedy decoding gives the same ids (`model.generate(do_sample=False)` against
+    `generator.greedy_generate`). Prompts must be left-padded (generate's convention) or not padded.
+    """
+    model.eval()
+    input_ids = torch.as_tensor(input_ids)
+    mask = torch.ones_like(input_ids) if attention_mask is None else torch.as_tensor(attention_mask)
+    with torch.no_grad():
+        out = model(input_ids, attention_mask=mask, use_cache=True)
+        states = [out.cache.get_state(i) for i in range(model.config.num_hidden_layers)]
+        ref_h = torch.stack([h for h, _ in states]).numpy()
+        ref_c = torch.stack([c for _, c in states]).numpy()
+        ref_logits = out.logits[:, -1].float().numpy()  # the last column: real tokens for left padding
+        token = out.logits[:, -1].argmax(-1, keepdim=True)  # (batch, 1)
+        step_logits = model(token, cache=out.cache, use_cache=True).logits[:, -1].float().numpy()
+    logits, h, c = generator.prefill(input_ids.numpy(), mask.numpy())
+    onnx_step_logits, _, _ = generator.step(token.numpy(), h, c)
+    expected = model.generate(input_ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False)
+    got = generator.greedy_generate(input_ids.numpy(), mask.numpy(), max_new_tokens=max_new_tokens)
+    return {
+        "prefill_logits_max_abs_diff": float(np.abs(logits - ref_logits).max()),
+        "prefill_state_max_abs_diff": float(max(np.abs(h - ref_h).max(), np.abs(c - ref_c).max())),
+        "step_logits_max_abs_diff": float(np.abs(onnx_step_logits - step_logits).max()),
+        "greedy_ids_equal": expected.shape == got.shape and bool((expected.numpy() == got).all()),
+        "pytorch_ids": expected.tolist(),
+        "onnx_ids": got.tolist(),
+    }
+
+
+__all__ = ["FROM_CONFIG", "compare_with_model", "OnnxDecodeStep", "OnnxLSTMLM", "OnnxPrefill", "export_onnx"]
