@@ -4,10 +4,12 @@ The LSTM layers and the output layer get int8 weights (symmetric, one float scal
 dynamic-quantization kernel (`torch.ops.quantized.linear_dynamic`: fbgemm / oneDNN on x86, qnnpack on ARM), which
 quantizes the activations on the fly; the embedding (one row read per token) and the optional projection stay in
 floating point. Single-token decoding stays a direct step (two int8 matmuls per layer, then the gate math); prompts
-and other multi-token forwards run the fused LSTM kernel on the dequantized weights.
+and other multi-token forwards run the fused LSTM kernel on the dequantized weights. The weight bytes read per token
+drop about 4x; the folder shrinks less, since the float embedding stays (and a tied output layer gets its own int8
+copy).
 
 `quantize_model` records `{"method": "int8", ...}` in `model.config.quantization`; `save_pretrained` then writes a
-folder of int8 weights (about a quarter of the bytes) that `AutoModelForCausalLM.from_pretrained` loads as int8: the
+folder of int8 weights that `AutoModelForCausalLM.from_pretrained` (or `trust_remote_code=True`) loads as int8: the
 model classes (`Int8LSTM`, `Int8Linear` in modeling_lstmlm.py, which travels as remote code) build the int8 modules
 from that entry before the weights are loaded. `scripts/quantize.py` does this for a saved folder and reports the
 perplexity before and after.
@@ -59,4 +61,25 @@ def quantize_model(model: nn.Module, method: str = INT8, reduce_range: bool = Tr
     return model.eval()
 
 
-__all__ = ["INT8", "Int8LSTM", "Int8Linear", "quantize_model"]
+def perplexity_report(model, tokenizer, text: str, windows=(256, 1), show_progress: bool = False) -> dict:
+    """Token- and word-level perplexity of `text` for each scoring window (`evaluation.evaluate_text`).
+
+    Window 1 feeds one token at a time, so it measures the decoding path (`generate`'s steps: the int8 kernels of a
+    quantized model); larger windows go through the multi-token path (the fused kernel, on dequantized weights for a
+    quantized model). Returns `{"window_<n>": {"token_perplexity", "word_perplexity", "num_tokens", "num_words"}}`.
+    """
+    from .evaluation import evaluate_text
+
+    report = {}
+    for window in windows:
+        result = evaluate_text(model, tokenizer, text, window=window, show_progress=show_progress)
+        report[f"window_{window}"] = {
+            "token_perplexity": result.token_perplexity,
+            "word_perplexity": result.word_perplexity,
+            "num_tokens": result.num_tokens,
+            "num_words": result.num_words,
+        }
+    return report
+
+
+__all__ = ["INT8", "Int8LSTM", "Int8Linear", "perplexity_report", "quantize_model"]
