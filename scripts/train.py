@@ -1,0 +1,139 @@
+"""Pretrain or fine-tune an LSTM language model with the stock `transformers.Trainer`.
+
+    python scripts/train.py --smoke                                   # tiny model, a few steps (what CI runs)
+    python scripts/train.py --config recipes/tinyshakespeare.json     # the best recipe on the bundled split
+    python scripts/train.py --train_file my.txt --output_dir runs/mine --num_train_epochs 3 --stateful
+    python scripts/train.py --dataset_name wikitext --dataset_config_name wikitext-2-raw-v1 --rows_are_lines
+    python scripts/train.py --model_name_or_path runs/demo --train_file more.txt --output_dir runs/ft  # fine-tune
+    torchrun --nproc_per_node 2 scripts/train.py --smoke                # DDP (gloo on CPU)
+
+Every flag of `transformers.TrainingArguments` works (`--learning_rate`, `--optim sgd`, `--max_grad_norm`,
+`--gradient_accumulation_steps`, `--resume_from_checkpoint`, ...). `--config FILE.json` sets defaults for any flag
+(flags given on the command line win). Without any data flag, the bundled tinyshakespeare is used, split by lines
+into [0, 36000) train, [36000, 38000) validation and [38000, 40000) test.
+
+The output folder holds the model, tokenizer and generation config (loadable with the Auto classes),
+`run_args.json` (every resolved argument), `eval_results.json` (token- and word-level perplexity on validation and
+test) and `loss_curve.png`.
+"""
+
+import argparse
+import importlib.util
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if importlib.util.find_spec("modeling_lstmlm") is None:  # a checkout without `pip install -e .`
+    sys.path.insert(0, str(REPO_ROOT))
+
+import torch  # noqa: E402
+from transformers import HfArgumentParser, TrainingArguments  # noqa: E402
+
+from modeling_lstmlm.training import DataArguments, ModelArguments, RunArguments, run_training  # noqa: E402
+
+TINYSHAKESPEARE = REPO_ROOT / "data" / "tinyshakespeare" / "input.txt"
+DEFAULT_DATA = {
+    "train_file": [str(TINYSHAKESPEARE)],
+    "train_lines": "0:36000",
+    "validation_lines": "36000:38000",
+    "test_lines": "38000:40000",
+}
+# Script defaults that differ from TrainingArguments' own.
+DEFAULTS = {
+    "output_dir": "runs/train",
+    "learning_rate": 2e-3,
+    "max_grad_norm": 0.25,
+    "logging_steps": 50,
+    "eval_strategy": "steps",
+    "eval_steps": 500,
+    "save_steps": 500,
+    "save_total_limit": 2,
+    "report_to": "none",
+    "disable_tqdm": False,
+    # On a machine without an accelerator, say so: only then does torchrun's CPU DDP (gloo) start (transformers 5.24).
+    "use_cpu": not torch.accelerator.is_available(),
+    "ddp_find_unused_parameters": False,  # every parameter is used in every step
+}
+# A tiny model for a few steps on a slice of tinyshakespeare: seconds on a laptop CPU.
+SMOKE = {
+    **DEFAULT_DATA,
+    "train_lines": "0:600",
+    "validation_lines": "600:700",
+    "test_lines": "700:800",
+    "output_dir": "runs/smoke",
+    "hidden_size": 32,
+    "num_hidden_layers": 1,
+    "block_size": 16,
+    "stateful": True,
+    "eval_window": 64,
+    "per_device_train_batch_size": 4,
+    "per_device_eval_batch_size": 4,
+    "max_steps": 8,
+    "learning_rate": 3e-3,
+    "logging_steps": 2,
+    "eval_steps": 4,
+    "save_strategy": "no",
+}
+
+
+@dataclass
+class ScriptArguments:
+    config: str | None = field(
+        default=None, metadata={"help": "A JSON file of flag defaults (e.g. recipes/tinyshakespeare.json)."}
+    )
+    smoke: bool = field(default=False, metadata={"help": "Tiny model, a few steps on a slice of tinyshakespeare."})
+
+
+def make_parser() -> HfArgumentParser:
+    return HfArgumentParser(
+        (ModelArguments, DataArguments, RunArguments, TrainingArguments, ScriptArguments),
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
+def parse_args(argv: list[str] | None = None):
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config", default=None)
+    pre.add_argument("--smoke", nargs="?", const="true", default="false")
+    known, _ = pre.parse_known_args(argv)
+
+    parser = make_parser()
+    defaults = dict(DEFAULTS)
+    if known.smoke.lower() in ("true", "1", "yes"):
+        defaults.update(SMOKE)
+    if known.config is not None:
+        recipe = json.loads(Path(known.config).read_text())
+        valid = {action.dest for action in parser._actions}
+        unknown = sorted(set(recipe) - valid)
+        if unknown:
+            raise ValueError(f"{known.config} sets unknown arguments: {unknown}")
+        defaults.update(recipe)
+    parser.set_defaults(**defaults)
+    model_args, data_args, run_args, training_args, script_args = parser.parse_args_into_dataclasses(args=argv)
+    if data_args.train_file is None and data_args.dataset_name is None:
+        for name, value in DEFAULT_DATA.items():
+            setattr(data_args, name, value)
+    return model_args, data_args, run_args, training_args, script_args
+
+
+def main(argv: list[str] | None = None) -> dict:
+    model_args, data_args, run_args, training_args, script_args = parse_args(argv)
+    results = run_training(model_args, data_args, training_args, run_args, default_tokenizer=REPO_ROOT / "tokenizer")
+    if training_args.process_index == 0:
+        print(f"\nRun folder: {training_args.output_dir}")
+        print(f"{'split':<12}{'loss':>10}{'token ppl':>12}{'word ppl':>12}")
+        for split in ("validation", "test"):
+            if f"{split}_loss" in results:
+                print(
+                    f"{split:<12}{results[f'{split}_loss']:>10.4f}{results[f'{split}_token_perplexity']:>12.2f}"
+                    f"{results[f'{split}_word_perplexity']:>12.2f}"
+                )
+        print(f"trained {results['train_steps']} steps in {results['train_seconds']:.1f}s")
+    return results
+
+
+if __name__ == "__main__":
+    main()
