@@ -1,13 +1,16 @@
-"""Shared pieces of the generation benchmarks: models, decode loops, one measurement per fresh process, tables.
+"""Shared pieces of the generation benchmarks: models, decode loops, measurements in fresh processes, tables.
 
-Every measurement runs in a fresh Python process (`python benchmarks/_generate_common.py '<json spec>'`), so that
-its peak memory is its own: the peak resident set size (Linux `VmHWM`, reset through `/proc/self/clear_refs` right
-before the timed runs) minus the resident set size just before them. That is the memory the operating system had
-to hand the process for the generation itself (state or KV cache, logits, activations, allocator slack), torch
-allocations included. Where `clear_refs` cannot be written, a thread samples the resident set size every
-millisecond instead (the table says which).
+Times: one fresh process (`python benchmarks/_generate_common.py '<json request>'`) builds every configuration being
+compared, warms each up, then times them round-robin, so that they share whatever load the machine has; the best
+of the runs is reported. Memory: one fresh process per configuration and a single run, so that its peak is its
+own: the peak resident set size (Linux `VmHWM`, reset through `/proc/self/clear_refs` right before the run) minus
+the resident set size just before it. That is the memory the operating system had to hand the process for the
+generation itself (state or KV cache, logits, activations, allocator slack), torch allocations included. Where
+`clear_refs` cannot be written, a thread samples the resident set size every millisecond instead (the tables say
+which).
 """
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -75,19 +78,19 @@ def print_table(headers: list[str], rows: list[list]) -> None:
         print("| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |")
 
 
-def measure(spec: dict) -> dict:
-    """Runs one measurement (see `worker`) in a fresh process and returns its result."""
-    env = dict(os.environ, OMP_NUM_THREADS=str(spec["threads"]), MKL_NUM_THREADS=str(spec["threads"]))
+def _run_worker(request: dict) -> list[dict]:
+    threads = str(request["threads"])
+    env = dict(os.environ, OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
     env.setdefault("TRANSFORMERS_VERBOSITY", "error")
     proc = subprocess.run(
-        [sys.executable, str(Path(__file__).resolve()), json.dumps(spec)],
+        [sys.executable, str(Path(__file__).resolve()), json.dumps(request)],
         capture_output=True,
         text=True,
         env=env,
         cwd=REPO_ROOT,
     )
     if proc.returncode != 0:
-        raise RuntimeError(f"measurement {spec} failed:\n{proc.stderr[-4000:]}")
+        raise RuntimeError(f"measurement {request} failed:\n{proc.stderr[-4000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -263,38 +266,60 @@ class PeakRSS:
         self.growth_mib = (peak - self.before_kb) / 1024
 
 
-def worker(spec: dict) -> dict:
-    torch.set_num_threads(spec["threads"])
+def _prepare(spec: dict):
     model = build_gpt2(spec) if spec["model"] == "gpt2" else build_lstm(spec)
-    method = METHODS[spec["method"]]
     generator = torch.Generator().manual_seed(spec.get("seed", 0))
-    vocab = model.config.vocab_size
-    input_ids = torch.randint(2, vocab, (spec["batch"], spec["prompt_len"]), generator=generator)
-    n = spec["new_tokens"]
+    input_ids = torch.randint(2, model.config.vocab_size, (spec["batch"], spec["prompt_len"]), generator=generator)
+    method = METHODS[spec["method"]]
     with torch.inference_mode():
-        method(model, input_ids, min(n, 8))  # warm-up: first-call allocations and lazy initialisation
-    with PeakRSS() as memory, torch.inference_mode():
-        start = time.perf_counter()
-        out = method(model, input_ids, n)
-        first = time.perf_counter() - start
-    times = [first]
-    for _ in range(spec.get("repeats", 3) - 1):
-        with torch.inference_mode():
-            start = time.perf_counter()
-            method(model, input_ids, n)
-            times.append(time.perf_counter() - start)
-    if out.shape != (spec["batch"], spec["prompt_len"] + n):
-        raise RuntimeError(f"{spec['method']} returned shape {tuple(out.shape)}")
-    return {
-        "seconds_min": min(times),
-        "seconds_median": statistics.median(times),
-        "peak_rss_growth_mib": memory.growth_mib,
-        "memory_method": memory.method,
-        "n_params": count_parameters(model),
-        "tokens": out[:, spec["prompt_len"] :].tolist(),
-        "config": {k: v for k, v in model.config.to_dict().items() if k in ("n_embd", "n_layer", "n_head")},
-        "attn_implementation": getattr(model.config, "_attn_implementation", None),
-    }
+        method(model, input_ids, min(spec["new_tokens"], 8))  # warm-up: first-call allocations, lazy initialisation
+    return model, method, input_ids
+
+
+def worker(request: dict) -> list[dict]:
+    """Times the jobs of `request` round-robin (`repeats` rounds), so that they share the machine's load; with
+    `memory`, the single job's first run is measured for peak memory instead, and timed once."""
+    torch.set_num_threads(request["threads"])
+    specs = request["jobs"]
+    if request.get("memory") and len(specs) != 1:
+        raise ValueError("a memory measurement takes exactly one job (a fresh process each)")
+    prepared = [_prepare(spec) for spec in specs]
+    times = [[] for _ in specs]
+    outputs = [None] * len(specs)
+    memory = PeakRSS() if request.get("memory") else None
+    for _ in range(1 if memory is not None else request.get("repeats", 3)):
+        for i, ((model, method, input_ids), spec) in enumerate(zip(prepared, specs, strict=True)):
+            with memory if memory is not None else contextlib.nullcontext(), torch.inference_mode():
+                start = time.perf_counter()
+                outputs[i] = method(model, input_ids, spec["new_tokens"])
+                times[i].append(time.perf_counter() - start)
+    results = []
+    for (model, _, _), spec, seconds, out in zip(prepared, specs, times, outputs, strict=True):
+        if out.shape != (spec["batch"], spec["prompt_len"] + spec["new_tokens"]):
+            raise RuntimeError(f"{spec['method']} returned shape {tuple(out.shape)}")
+        results.append(
+            {
+                "seconds_min": min(seconds),
+                "seconds_median": statistics.median(seconds),
+                "peak_rss_growth_mib": memory.growth_mib if memory is not None else None,
+                "memory_method": memory.method if memory is not None else None,
+                "n_params": count_parameters(model),
+                "tokens": out[:, spec["prompt_len"] :].tolist(),
+                "config": {k: v for k, v in model.config.to_dict().items() if k in ("n_embd", "n_layer", "n_head")},
+                "attn_implementation": getattr(model.config, "_attn_implementation", None),
+            }
+        )
+    return results
+
+
+def measure_times(specs: list[dict], threads: int, repeats: int) -> list[dict]:
+    """One fresh process that times `specs` round-robin, `repeats` runs each after a warm-up."""
+    return _run_worker({"jobs": specs, "threads": threads, "repeats": repeats})
+
+
+def measure_memory(spec: dict, threads: int) -> dict:
+    """One fresh process, one run of `spec`: its peak resident-set growth (and that run's time)."""
+    return _run_worker({"jobs": [spec], "threads": threads, "memory": True})[0]
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@
     python benchmarks/bench_generate_length.py --full     # the size: 64 vs 1024 new tokens
 
 Greedy `generate()` of the same random LSTMLM (H=512, L=2, V=8192 unless changed), batch 1, exactly N new tokens,
-each length in a fresh process, measured side by side. Per-token time = wall time / N (the short run carries the
+the lengths timed round-robin in one fresh process (so they share the machine's load), memory in a fresh process
+per length. Per-token time = wall time / N (the short run carries the
 prompt's cost over fewer tokens, which favours the long one slightly; the prompt is 16 tokens). Peak memory is the
 growth of the process's peak resident set size during the run (see benchmarks/_generate_common.py).
 Goals: per-token time at the long length within 1.2x of the short one; peak memory flat in the length.
@@ -20,7 +21,8 @@ from _generate_common import (  # noqa: E402
     DEFAULT_LSTM,
     REPO_ROOT,
     machine_facts,
-    measure,
+    measure_memory,
+    measure_times,
     print_facts,
     print_table,
 )
@@ -38,8 +40,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--num_layers", type=int, default=DEFAULT_LSTM["num_hidden_layers"], help="LSTM layers")
     parser.add_argument("--vocab_size", type=int, default=DEFAULT_LSTM["vocab_size"], help="vocabulary size")
     parser.add_argument("--threads", type=int, default=1, help="torch threads in each measuring process")
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs per process (after one warm-up)")
-    parser.add_argument("--rounds", type=int, default=1, help="interleaved rounds of all lengths (fresh processes)")
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="timed runs of each length per process (round-robin, after one warm-up)"
+    )
+    parser.add_argument("--rounds", type=int, default=1, help="fresh timing processes")
     parser.add_argument(
         "--output", type=Path, default=REPO_ROOT / "runs" / "benchmarks" / "generate_length.json", help="results"
     )
@@ -53,27 +57,30 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     facts = machine_facts(args.threads)
     lstm = {"vocab_size": args.vocab_size, "hidden_size": args.hidden_size, "num_hidden_layers": args.num_layers}
+    specs = [
+        dict(
+            model="lstm",
+            lstm=lstm,
+            method="generate",
+            batch=args.batch,
+            prompt_len=args.prompt_len,
+            new_tokens=n,
+        )
+        for n in args.lengths
+    ]
     results = {}
     for _ in range(args.rounds):
-        for n in args.lengths:
-            spec = dict(
-                model="lstm",
-                lstm=lstm,
-                method="generate",
-                batch=args.batch,
-                prompt_len=args.prompt_len,
-                new_tokens=n,
-                threads=args.threads,
-                repeats=args.repeats,
-            )
-            result = measure(spec)
-            best = results.get(n)
-            if best is None:
+        for n, result in zip(args.lengths, measure_times(specs, args.threads, args.repeats), strict=True):
+            if n not in results or result["seconds_min"] < results[n]["seconds_min"]:
                 results[n] = result
-            else:  # best time over rounds; the largest memory peak seen
-                best["seconds_min"] = min(best["seconds_min"], result["seconds_min"])
-                best["peak_rss_growth_mib"] = max(best["peak_rss_growth_mib"], result["peak_rss_growth_mib"])
             print(f"{n} new tokens: {result['seconds_min']:.3f} s", file=sys.stderr)
+    for n, spec in zip(args.lengths, specs, strict=True):
+        memory = measure_memory(spec, args.threads)
+        results[n]["peak_rss_growth_mib"], results[n]["memory_method"] = (
+            memory["peak_rss_growth_mib"],
+            memory["memory_method"],
+        )
+        print(f"{n} new tokens: peak RSS growth {memory['peak_rss_growth_mib']:.2f} MiB", file=sys.stderr)
 
     base = args.lengths[0]
     per_token = {n: results[n]["seconds_min"] / n * 1e3 for n in args.lengths}

@@ -5,8 +5,9 @@
 
 Both models are random, same vocabulary (8192), same parameter count (GPT-2's width and depth are chosen to match
 the LSTMLM's count as closely as possible, tied embeddings, `n_positions` = longest length + prompt, so its
-position table is counted too), greedy `generate()` with the cache on, batch 1, exactly N new tokens, each
-(model, length) in a fresh process, measured side by side. Peak memory is the growth of the process's peak resident
+position table is counted too), greedy `generate()` with the cache on, batch 1, exactly N new tokens. For each
+length both models are timed round-robin in one fresh process (so they share the machine's load); memory is
+measured in a fresh process per (model, length). Peak memory is the growth of the process's peak resident
 set size during the run, so GPT-2's includes its KV cache (see benchmarks/_generate_common.py).
 Goal: the LSTM ahead on tokens/s and on peak memory at each length.
 """
@@ -23,7 +24,8 @@ from _generate_common import (  # noqa: E402
     build_lstm,
     count_parameters,
     machine_facts,
-    measure,
+    measure_memory,
+    measure_times,
     print_facts,
     print_table,
 )
@@ -41,7 +43,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--gpt2_n_layer", type=int, default=None, help="fix GPT-2's depth (default: the closest parameter count)"
     )
     parser.add_argument("--threads", type=int, default=1, help="torch threads in each measuring process")
-    parser.add_argument("--repeats", type=int, default=1, help="timed runs per process (after one warm-up)")
+    parser.add_argument(
+        "--repeats", type=int, default=1, help="timed runs of each model per length (round-robin, after one warm-up)"
+    )
     parser.add_argument(
         "--output", type=Path, default=REPO_ROOT / "runs" / "benchmarks" / "generate_vs_gpt2.json", help="results"
     )
@@ -64,8 +68,8 @@ def main(argv=None) -> None:
     }
     results = {}
     for n in args.lengths:
-        for model in ("lstm", "gpt2"):
-            spec = dict(
+        specs = {
+            model: dict(
                 model=model,
                 lstm=lstm,
                 gpt2=gpt2,
@@ -73,11 +77,22 @@ def main(argv=None) -> None:
                 batch=1,
                 prompt_len=args.prompt_len,
                 new_tokens=n,
-                threads=args.threads,
-                repeats=args.repeats,
             )
-            results[(model, n)] = measure(spec)
-            print(f"{model} {n} new tokens: {results[(model, n)]['seconds_min']:.2f} s", file=sys.stderr)
+            for model in ("lstm", "gpt2")
+        }
+        timed = measure_times(list(specs.values()), args.threads, args.repeats)
+        for model, result in zip(specs, timed, strict=True):
+            memory = measure_memory(specs[model], args.threads)
+            result["peak_rss_growth_mib"], result["memory_method"] = (
+                memory["peak_rss_growth_mib"],
+                memory["memory_method"],
+            )
+            results[(model, n)] = result
+            print(
+                f"{model} {n} new tokens: {result['seconds_min']:.2f} s, "
+                f"peak RSS growth {result['peak_rss_growth_mib']:.2f} MiB",
+                file=sys.stderr,
+            )
 
     shape = results[("gpt2", args.lengths[0])]["config"]
     attn = results[("gpt2", args.lengths[0])]["attn_implementation"]

@@ -4,12 +4,12 @@
     python benchmarks/bench_generate_vs_loop.py --full     # the issue's size: 256 new tokens
 
 Greedy decoding of the same random LSTMLM (H=512, L=2, V=8192 unless changed), same prompt, exactly N new tokens
-(no eos), by three methods, each in a fresh process, measured side by side:
+(no eos), by three methods, timed round-robin in one fresh process (so they share the machine's load):
   - `generate`: `model.generate(..., do_sample=False)` with the (h, c) state as its cache;
   - `nn.LSTM loop`: the model's `nn.LSTM` layers called once per token (the loop a PyTorch user writes);
   - `lstm_cell loop`: the prompt through the fused layers, then `torch.lstm_cell` per token (the fastest hand loop
     we could write).
-Tokens/s counts every row of the batch; the best of `--repeats` runs (and `--rounds` interleaved rounds) is kept.
+Tokens/s counts every row of the batch; the best of `--repeats` runs in each of `--rounds` processes is kept.
 Goal: `generate` at least 0.8x the faster hand loop. The three must produce the same tokens (checked).
 """
 
@@ -23,7 +23,7 @@ from _generate_common import (  # noqa: E402
     DEFAULT_LSTM,
     REPO_ROOT,
     machine_facts,
-    measure,
+    measure_times,
     print_facts,
     print_table,
 )
@@ -42,8 +42,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--num_layers", type=int, default=DEFAULT_LSTM["num_hidden_layers"], help="LSTM layers")
     parser.add_argument("--vocab_size", type=int, default=DEFAULT_LSTM["vocab_size"], help="vocabulary size")
     parser.add_argument("--threads", type=int, default=1, help="torch threads in each measuring process")
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs per process (after one warm-up)")
-    parser.add_argument("--rounds", type=int, default=1, help="interleaved rounds of all methods (fresh processes)")
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="timed runs of each method per process (round-robin, after one warm-up)"
+    )
+    parser.add_argument("--rounds", type=int, default=1, help="fresh measuring processes per batch size")
     parser.add_argument(
         "--output", type=Path, default=REPO_ROOT / "runs" / "benchmarks" / "generate_vs_loop.json", help="results"
     )
@@ -59,19 +61,19 @@ def main(argv=None) -> None:
     lstm = {"vocab_size": args.vocab_size, "hidden_size": args.hidden_size, "num_hidden_layers": args.num_layers}
     results = {}
     for batch in args.batch_sizes:
+        specs = [
+            dict(
+                model="lstm",
+                lstm=lstm,
+                method=method,
+                batch=batch,
+                prompt_len=args.prompt_len,
+                new_tokens=args.new_tokens,
+            )
+            for method in METHODS
+        ]
         for _ in range(args.rounds):
-            for method in METHODS:
-                spec = dict(
-                    model="lstm",
-                    lstm=lstm,
-                    method=method,
-                    batch=batch,
-                    prompt_len=args.prompt_len,
-                    new_tokens=args.new_tokens,
-                    threads=args.threads,
-                    repeats=args.repeats,
-                )
-                result = measure(spec)
+            for method, result in zip(METHODS, measure_times(specs, args.threads, args.repeats), strict=True):
                 best = results.get((batch, method))
                 if best is None or result["seconds_min"] < best["seconds_min"]:
                     results[(batch, method)] = result
