@@ -555,7 +555,9 @@ def test_chat_session_state_equals_running_the_whole_transcript(text_model, toke
         with torch.no_grad():
             model.lm_head.bias[end_id] += 1e3
     session = ChatSession(model, tokenizer, system="You are terse.", max_new_tokens=12, min_new_tokens=3)
-    replies = [session.send(text) for text in ["Hello there", "What is an LSTM?", "Thanks"]]
+    with FedTokens(model) as fed:
+        replies = [session.send(text) for text in ["Hello there", "What is an LSTM?", "Thanks"]]
+    assert sum(fed.lengths) == len(session.token_ids) - 1  # every token of the conversation was read exactly once
     assert [m["role"] for m in session.messages] == ["system"] + ["user", "assistant"] * 3
     assert [m["content"] for m in session.messages[2::2]] == replies
     # The history is the conversation as the chat template renders it, each piece read once.
@@ -575,6 +577,25 @@ def test_chat_session_state_equals_running_the_whole_transcript(text_model, toke
         # and the next logits agree too
         step = model(history[:, -1:], cache=cache, use_cache=True).logits[:, -1]
         torch.testing.assert_close(step, model(history, use_cache=False).logits[:, -1], rtol=0, atol=1e-5)
+
+
+def test_chat_session_reset_and_bad_input(text_model, tokenizer):
+    import copy
+
+    from modeling_lstmlm.chat import ChatSession
+
+    session = ChatSession(text_model, tokenizer, max_new_tokens=6)
+    first = session.send("Good morning")
+    session.send("And then?")
+    session.reset()
+    assert session.messages == [] and session.token_ids == [] and session.cache is None
+    assert session.send("Good morning") == first  # a new conversation from the zero state
+    with pytest.raises(ValueError, match="must be a string"):
+        session.send(["not", "text"])
+    no_template = copy.deepcopy(tokenizer)
+    no_template.chat_template = None
+    with pytest.raises(ValueError, match="no chat template"):
+        ChatSession(text_model, no_template)
 
 
 @needs_tokenizer
