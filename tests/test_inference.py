@@ -422,3 +422,20 @@ def test_cache_public_methods_after_direct_steps():
     assert not torch.equal(cache.get_state(0)[0], h0)
     cache.set_state(0, h0, h0)
     torch.testing.assert_close(cache.get_state(0)[1], h0, rtol=0, atol=0)
+
+
+def test_decode_benchmark_smoke_variants_agree(tmp_path):
+    out = tmp_path / "decode.json"
+    bench = REPO_ROOT / "benchmarks" / "bench_decode.py"
+    result = subprocess.run(
+        [sys.executable, str(bench), "--smoke", "--threads", "1", "--batch_sizes", "2", "--output", str(out)],
+        cwd=tmp_path,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = json.loads(out.read_text())["results"]
+    assert {row["variant"] for row in rows} == {"nn.LSTM step", "direct step", "direct int8", "onnxruntime"}
+    assert all(row["same_ids_as_nn_lstm"] for row in rows if row["variant"] != "direct int8")

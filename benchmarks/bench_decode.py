@@ -1,0 +1,279 @@
+"""How fast is `generate()`'s decoding, against the nn.LSTM step, against the machine's memory-bandwidth floor, in int8,
+and on onnxruntime?
+
+    python benchmarks/bench_decode.py                        # CPU: batch 1 and 8, 1 and 2 threads
+    python benchmarks/bench_decode.py --device cuda          # a GPU: cuDNN nn.LSTM step vs the direct step, bf16
+    python benchmarks/bench_decode.py --smoke                # tiny model, one repeat (checks the script runs)
+
+Greedy decoding of one random LSTMLM (H=512, L=2, V=8192 unless changed), exactly `--new_tokens` new tokens per row
+(no eos), measured side by side in one process, variants interleaved, best of `--repeats`:
+  - `nn.LSTM step`: `generate()` with `model.model.direct_decode = False` (each decoding step through `nn.LSTM`);
+  - `direct step`: `generate()` as shipped (each step: two matmuls per layer on the same parameters, then the gates);
+  - `direct int8`: the same after `quantization.quantize_model` (int8 LSTM and output weights);
+  - `onnxruntime`: `OnnxLSTMLM.greedy_generate` on the exported prefill/decode-step graphs (CPU only).
+Tokens/s counts every row. The floor of a decoding step is the weight bytes it reads (LSTM layers, projection,
+output layer, one embedding row per row of the batch) divided by the bandwidth of one large matrix-vector product
+measured here (`(1, 4096) @ (4096, 2048)^T` in the model's dtype, 32 MiB in float32); `x floor` = measured ms per step
+/ floor ms per step. Goals: direct >= 2x nn.LSTM at batch 1; float32 direct within 1.5x of its floor; int8 >= 2x
+faster than float32 direct. The variants must generate the same tokens as `nn.LSTM step` (int8: not checked).
+"""
+
+import argparse
+import copy
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+
+import torch  # noqa: E402
+import transformers  # noqa: E402
+
+from modeling_lstmlm import LSTMLMConfig, LSTMLMForCausalLM  # noqa: E402
+from modeling_lstmlm.quantization import quantize_model  # noqa: E402
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, ...")
+    parser.add_argument("--dtype", default=None, choices=list(DTYPES), help="model dtype (cpu: float32, gpu: bfloat16)")
+    parser.add_argument("--batch_sizes", type=int, nargs="+", default=[1, 8], help="batch sizes")
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="torch (and onnxruntime) threads (CPU)")
+    parser.add_argument("--new_tokens", type=int, default=128, help="new tokens per row")
+    parser.add_argument("--prompt_len", type=int, default=8, help="prompt length in tokens")
+    parser.add_argument("--hidden_size", type=int, default=512, help="LSTM hidden size")
+    parser.add_argument("--num_layers", type=int, default=2, help="LSTM layers")
+    parser.add_argument("--vocab_size", type=int, default=8192, help="vocabulary size")
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs per variant (after one warm-up)")
+    parser.add_argument("--no_int8", action="store_true", help="skip the int8 variant")
+    parser.add_argument("--no_onnx", action="store_true", help="skip the onnxruntime variant")
+    parser.add_argument("--output", type=Path, default=None, help="JSON results (default runs/benchmarks/decode.json)")
+    parser.add_argument("--smoke", action="store_true", help="tiny model, one repeat, few tokens")
+    args = parser.parse_args(argv)
+    args.device = torch.device(args.device)
+    if args.dtype is None:
+        args.dtype = "float32" if args.device.type == "cpu" else "bfloat16"
+    if args.smoke:
+        args.hidden_size, args.vocab_size, args.new_tokens, args.repeats = 32, 256, 8, 1
+    if args.output is None:
+        args.output = REPO_ROOT / "runs" / "benchmarks" / ("decode_smoke.json" if args.smoke else "decode.json")
+    if args.device.type != "cpu":
+        args.threads = [torch.get_num_threads()]
+    return args
+
+
+def machine_facts(args) -> dict:
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    facts = {
+        "cpu": cpu,
+        "logical_cores": os.cpu_count(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "quantized_engine": torch.backends.quantized.engine,
+        "device": str(args.device),
+        "dtype": args.dtype,
+        "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
+    }
+    if args.device.type == "cuda":
+        facts["gpu"] = torch.cuda.get_device_name(args.device)
+    try:
+        import onnxruntime
+
+        facts["onnxruntime"] = onnxruntime.__version__
+    except ImportError:
+        pass
+    return facts
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def bandwidth_gbs(device: torch.device, dtype: torch.dtype, repeats: int = 50) -> float:
+    """Bytes of the matrix read per second by `(1, 4096) @ W^T`, W `(2048, 4096)` (the head's layout)."""
+    weight = torch.randn(2048, 4096, device=device).to(dtype)
+    x = torch.randn(1, 4096, device=device).to(dtype)
+    best = float("inf")
+    for _ in range(3):
+        for _ in range(5):
+            x @ weight.t()
+        synchronize(device)
+        start = time.perf_counter()
+        for _ in range(repeats):
+            x @ weight.t()
+        synchronize(device)
+        best = min(best, (time.perf_counter() - start) / repeats)
+    return weight.numel() * weight.element_size() / best / 1e9
+
+
+def weight_bytes_per_step(model, batch: int) -> int:
+    """Bytes of weights one decoding step reads: every LSTM/projection/output weight and bias, one embedding row per
+    row of the batch (the state is a few KB and left out)."""
+    total = 0
+    for name, tensor in list(model.named_parameters()) + list(model.named_buffers()):
+        if name.endswith("embed_tokens.weight"):
+            total += batch * tensor.shape[1] * tensor.element_size()
+        else:
+            total += tensor.numel() * tensor.element_size()
+    if model.config.tie_word_embeddings:  # the tied output layer reads the whole embedding matrix
+        embedding = model.model.embed_tokens.weight
+        total += embedding.numel() * embedding.element_size()
+    return total
+
+
+def make_generate_run(model, direct: bool, prompt: torch.Tensor, new_tokens: int):
+    def run():
+        model.model.direct_decode = direct
+        return model.generate(prompt, max_new_tokens=new_tokens, do_sample=False, eos_token_id=None).tolist()
+
+    return run
+
+
+def make_onnx_run(generator, prompt, new_tokens: int):
+    def run():
+        return generator.greedy_generate(prompt, max_new_tokens=new_tokens, eos_token_id=None).tolist()
+
+    return run
+
+
+def time_generate(run, device, repeats: int) -> tuple[float, list]:
+    """Best seconds of `run()` over `repeats` timed runs, and the ids of the last run."""
+    best, ids = float("inf"), None
+    for _ in range(repeats):
+        synchronize(device)
+        start = time.perf_counter()
+        ids = run()
+        synchronize(device)
+        best = min(best, time.perf_counter() - start)
+    return best, ids
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    dtype = DTYPES[args.dtype]
+    facts = machine_facts(args)
+    torch.manual_seed(0)
+    config = LSTMLMConfig(
+        vocab_size=args.vocab_size, hidden_size=args.hidden_size, num_hidden_layers=args.num_layers, eos_token_id=0
+    )
+    model = LSTMLMForCausalLM(config).eval()
+    model.generation_config.eos_token_id = None  # exactly new_tokens per row
+    variants = {}  # name -> (model or generator, kind)
+    variants["nn.LSTM step"] = (model, "fused")
+    variants["direct step"] = (model, "direct")
+    int8 = not args.no_int8 and args.device.type == "cpu" and args.dtype == "float32"
+    if int8:
+        variants["direct int8"] = (quantize_model(copy.deepcopy(model)), "direct")
+    onnx_dir = None
+    if not args.no_onnx and args.device.type == "cpu" and args.dtype == "float32":
+        from modeling_lstmlm.onnx_export import export_onnx
+
+        onnx_dir = tempfile.TemporaryDirectory()
+        export_onnx(model, onnx_dir.name)
+    for variant_model, _ in variants.values():
+        variant_model.to(device=args.device, dtype=dtype if variant_model is model else None)
+
+    results = []
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        ort = None
+        if onnx_dir is not None:
+            from modeling_lstmlm.onnx_export import OnnxLSTMLM
+
+            ort = OnnxLSTMLM(onnx_dir.name, num_threads=threads)
+        bandwidth = bandwidth_gbs(args.device, dtype)
+        for batch in args.batch_sizes:
+            seed = torch.Generator().manual_seed(0)
+            prompt = torch.randint(6, args.vocab_size, (batch, args.prompt_len), generator=seed).to(args.device)
+            runs = {
+                name: (make_generate_run(variant_model, kind == "direct", prompt, args.new_tokens), variant_model)
+                for name, (variant_model, kind) in variants.items()
+            }
+            if ort is not None:
+                runs["onnxruntime"] = (make_onnx_run(ort, prompt.cpu().numpy(), args.new_tokens), model)
+            times = {name: float("inf") for name in runs}
+            ids = {}
+            for name, (run, _) in runs.items():  # warm-up
+                ids[name] = run()
+            for _ in range(args.repeats):  # interleaved: each round measures every variant once
+                for name, (run, _) in runs.items():
+                    seconds, ids[name] = time_generate(run, args.device, 1)
+                    times[name] = min(times[name], seconds)
+            for name, (_, variant_model) in runs.items():
+                step_ms = times[name] / args.new_tokens * 1e3
+                floor_bytes = weight_bytes_per_step(variant_model, batch)
+                floor_ms = floor_bytes / (bandwidth * 1e9) * 1e3
+                results.append(
+                    {
+                        "threads": threads,
+                        "batch": batch,
+                        "variant": name,
+                        "tokens_per_s": batch * args.new_tokens / times[name],
+                        "ms_per_step": step_ms,
+                        "weight_mb_per_step": floor_bytes / 1e6,
+                        "bandwidth_gbs": bandwidth,
+                        "floor_ms_per_step": floor_ms,
+                        "x_floor": step_ms / floor_ms,
+                        "same_ids_as_nn_lstm": ids[name] == ids["nn.LSTM step"] if name != "direct int8" else None,
+                    }
+                )
+    if onnx_dir is not None:
+        onnx_dir.cleanup()
+    report(results, facts, args)
+    return {"facts": facts, "results": results}
+
+
+def report(results: list[dict], facts: dict, args) -> None:
+    print("machine: " + ", ".join(f"{k}={v}" for k, v in facts.items()))
+    print(
+        f"model: H={args.hidden_size} L={args.num_layers} V={args.vocab_size}, prompt {args.prompt_len}, "
+        f"{args.new_tokens} new tokens, best of {args.repeats}"
+    )
+    headers = ["threads", "batch", "variant", "tokens/s", "ms/step", "vs nn.LSTM", "weights MB", "GB/s", "floor ms"]
+    headers += ["x floor", "same ids"]
+    print("| " + " | ".join(headers) + " |")
+    print("|" + "|".join("---" for _ in headers) + "|")
+    for row in results:
+        base = next(
+            r
+            for r in results
+            if (r["threads"], r["batch"], r["variant"]) == (row["threads"], row["batch"], "nn.LSTM step")
+        )
+        same = {True: "yes", False: "NO", None: "-"}[row["same_ids_as_nn_lstm"]]
+        cells = [
+            row["threads"],
+            row["batch"],
+            row["variant"],
+            f"{row['tokens_per_s']:.0f}",
+            f"{row['ms_per_step']:.2f}",
+            f"{row['tokens_per_s'] / base['tokens_per_s']:.2f}x",
+            f"{row['weight_mb_per_step']:.1f}",
+            f"{row['bandwidth_gbs']:.1f}",
+            f"{row['floor_ms_per_step']:.2f}",
+            f"{row['x_floor']:.2f}",
+            same,
+        ]
+        print("| " + " | ".join(str(c) for c in cells) + " |")
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    resolved = {k: str(v) if isinstance(v, (Path, torch.device)) else v for k, v in vars(args).items()}
+    args.output.write_text(json.dumps({"facts": facts, "args": resolved, "results": results}, indent=2) + "\n")
+    print(f"wrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()
