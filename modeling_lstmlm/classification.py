@@ -357,15 +357,19 @@ def run_classification(
     dataset: DatasetDict,
     training_args: TrainingArguments,
     max_length: int | None = None,
+    freeze_backbone: bool = False,
 ) -> dict:
     """Fine-tune `model` on `dataset["train"]` with the stock `Trainer`, then score validation and test.
 
     `dataset` has integer labels (see `encode_labels`); the batches are padded on the tokenizer's padding side and
-    the head pools each row's last real token from the attention mask. Returns a dict with `validation` and `test`
+    the head pools each row's last real token from the attention mask. With `freeze_backbone` only the head
+    (`model.score`) is trained: a linear probe of the backbone's features. Returns a dict with `validation` and `test`
     (accuracy, macro-F1, loss), the `majority` baseline on both, and the train metrics under `train`; the fine-tuned
     model is left in `model` (save it with `model.save_pretrained`).
     """
     tokenized = tokenize_for_classification(dataset, tokenizer, max_length)
+    if freeze_backbone:
+        model.model.requires_grad_(False)
     trainer = Trainer(
         model=model,
         args=training_args,

@@ -76,6 +76,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         action="store_true",
         help="Also train the same head, same settings, on an untrained backbone of the same shape.",
     )
+    p.add_argument(
+        "--freeze_backbone", action="store_true", help="Train only the head (a linear probe of the backbone)."
+    )
     p.add_argument("--max_length", type=int, default=256, help="Truncate texts to this many tokens.")
     p.add_argument("--num_train_epochs", type=float, default=10, help="Training epochs.")
     p.add_argument("--learning_rate", type=float, default=1e-3, help="Peak learning rate (linear decay).")
@@ -184,7 +187,9 @@ def main(argv=None):
             data_seed=args.seed,
             use_cpu=not torch.cuda.is_available(),
         )
-        outcome = run_classification(model, tokenizer, data, training_args, max_length=args.max_length)
+        outcome = run_classification(
+            model, tokenizer, data, training_args, max_length=args.max_length, freeze_backbone=args.freeze_backbone
+        )
         model.save_pretrained(output_dir / name)
         tokenizer.save_pretrained(output_dir / name)
         results[name] = outcome

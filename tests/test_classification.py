@@ -8,8 +8,8 @@ import pytest
 import torch
 import transformers.modeling_utils
 from conftest import make_tiny_config
-from datasets import ClassLabel, Dataset, Features, Value
-from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
+from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, TrainingArguments, pipeline
 from transformers.testing_utils import CaptureLogger
 
 from modeling_lstmlm import LSTMLMForCausalLM, LSTMLMForSequenceClassification
@@ -20,6 +20,7 @@ from modeling_lstmlm.classification import (
     load_classification_dataset,
     majority_baseline,
     parse_speeches,
+    run_classification,
     shakespeare_speakers,
 )
 
@@ -315,3 +316,38 @@ def test_speaker_task_on_the_bundled_play(repo_root):
     assert sorted(set(data["train"]["label"])) == ["GRUMIO", "PETRUCHIO", "PROSPERO", "TRANIO"]
     assert [len(data[s]) for s in data] == [157, 52, 51]
     assert min(min(data[s]["start_line"]) for s in data) >= 36000  # outside an LM pretrained on lines [0, 36000)
+
+
+@pytest.mark.parametrize("freeze", [False, True], ids=["fine-tune", "frozen-backbone"])
+def test_run_classification(repo_root, tmp_path, freeze):
+    tokenizer = AutoTokenizer.from_pretrained(repo_root / "tokenizer")
+    texts = {"train": 16, "validation": 4, "test": 4}
+    data = {
+        split: Dataset.from_dict(
+            {
+                "text": [("Joy!" if i % 2 else "Woe.") * (1 + i % 3) for i in range(n)],
+                "label": [i % 2 for i in range(n)],
+            }
+        )
+        for split, n in texts.items()
+    }
+    torch.manual_seed(0)
+    model = LSTMLMForSequenceClassification(make_tiny_config(vocab_size=len(tokenizer), num_labels=2))
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    args = TrainingArguments(
+        output_dir=str(tmp_path),
+        num_train_epochs=1,
+        per_device_train_batch_size=8,
+        learning_rate=1e-2,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        seed=0,
+    )
+    results = run_classification(model, tokenizer, DatasetDict(data), args, max_length=8, freeze_backbone=freeze)
+    assert set(results) == {"train", "validation", "test", "majority"}
+    assert set(results["test"]) >= {"accuracy", "macro_f1", "loss"}
+    assert results["majority"]["test"] == majority_baseline(data["train"]["label"], data["test"]["label"])
+    changed = {name for name, p in model.named_parameters() if not torch.equal(p, before[name])}
+    assert {"score.weight", "score.bias"} <= changed
+    assert any(name.startswith("model.") for name in changed) is not freeze
