@@ -138,7 +138,7 @@ def _lstm_cell(layer: nn.Module, x: torch.Tensor, state) -> tuple[torch.Tensor, 
         if state is not None:
             gates.addmm_(state[0], layer.weight_hh_l0.t())
         gates.add_(layer.bias_hh_l0)
-    else:  # an int8 layer (quantization.py) computes its own gate pre-activations
+    else:  # an `Int8LSTM` (below) computes its own gate pre-activations with int8 matmuls
         gates = layer.gates(x, None if state is None else state[0])
     hidden = gates.shape[1] // 4
     gates[:, : 2 * hidden].sigmoid_()  # input and forget gates
