@@ -467,6 +467,11 @@ class LSTMLMModel(LSTMLMPreTrainedModel):
         batch_size, seq_len = inputs_embeds.shape[:2]
         if cache is not None and not isinstance(cache, LSTMLMCache):
             raise ValueError(f"`cache` must be an LSTMLMCache (as returned by this model), got {type(cache).__name__}")
+        if cache is not None and (state := cache.get_state(0)) is not None and state[0].shape[0] != batch_size:
+            raise ValueError(
+                f"The cache holds the state of {state[0].shape[0]} sequences but the input has {batch_size} rows "
+                "(a cache from beam search or `num_return_sequences` holds one state per returned sequence)"
+            )
         if use_cache and cache is None:
             cache = LSTMLMCache(config=self.config)
 

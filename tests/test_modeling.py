@@ -383,3 +383,9 @@ def test_initialisation_ranges():
         for param in layer.parameters():
             assert param.abs().max() <= bound
     assert torch.count_nonzero(model.lm_head.bias) == 0
+
+
+def test_cache_of_another_batch_size_is_refused(tiny_model):
+    cache = tiny_model(_ids(batch=3), use_cache=True).cache
+    with pytest.raises(ValueError, match="The cache holds the state of 3 sequences but the input has 2 rows"):
+        tiny_model(_ids(batch=2), cache=cache)
