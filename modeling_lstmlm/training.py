@@ -42,6 +42,7 @@ from torch.utils.data import SequentialSampler
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
+    HfArgumentParser,
     Trainer,
     TrainerCallback,
     TrainingArguments,
@@ -132,14 +133,31 @@ class LMTrainer(Trainer):
 
     Without `stateful_bptt` it is the stock Trainer (shuffled `data.TokenBlocks`, zero state per block).
 
+    With `max_train_minutes`, training stops when the time is up, and a "linear", "cosine" or "constant" learning-rate
+    schedule runs on the elapsed fraction of that time instead of steps (after `warmup_steps` steps of linear warmup),
+    so the rate reaches its end value when the time does, whatever the speed of the machine. (A resumed run restarts
+    the clock.)
+
     Evaluation without `compute_metrics` only computes the loss (the logits of a language model over a whole eval set
     are not kept).
     """
 
-    def __init__(self, *args, stateful_bptt: bool = False, **kwargs):
+    TIME_SCHEDULES = ("linear", "cosine", "constant", "constant_with_warmup")
+
+    def __init__(self, *args, stateful_bptt: bool = False, max_train_minutes: float | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.stateful_bptt = stateful_bptt
         self.carried_state = CarriedState()
+        self.time_budget = None
+        if max_train_minutes is not None:
+            schedule = str(getattr(self.args.lr_scheduler_type, "value", self.args.lr_scheduler_type))
+            if schedule not in self.TIME_SCHEDULES:
+                raise ValueError(
+                    f"A time budget runs the learning-rate schedule on time: `lr_scheduler_type` must be one of "
+                    f"{self.TIME_SCHEDULES}, got {schedule!r}"
+                )
+            self.time_budget = TimeBudgetCallback(max_train_minutes)
+            self.add_callback(self.time_budget)
         if stateful_bptt:
             if self.args.accelerator_config.split_batches:
                 raise ValueError("Stateful BPTT deals whole batches to processes: `split_batches` must be False")
@@ -203,6 +221,27 @@ class LMTrainer(Trainer):
             prediction_loss_only = True
         return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
 
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        if self.time_budget is None or self.lr_scheduler is not None:
+            return super().create_scheduler(num_training_steps, optimizer)
+        schedule = str(getattr(self.args.lr_scheduler_type, "value", self.args.lr_scheduler_type))
+        warmup = self.args.get_warmup_steps(num_training_steps)
+        budget = self.time_budget
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / (warmup + 1)
+            done = budget.fraction()
+            if schedule == "linear":
+                return max(0.0, 1.0 - done)
+            if schedule == "cosine":
+                return 0.5 * (1.0 + math.cos(math.pi * done))
+            return 1.0
+
+        self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer or self.optimizer, factor)
+        self._created_lr_scheduler = True
+        return self.lr_scheduler
+
     # -- checkpoints -------------------------------------------------------------------------------------------------
 
     def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs):
@@ -251,6 +290,12 @@ class TimeBudgetCallback(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.start = time.monotonic()
+
+    def fraction(self) -> float:
+        """The part of the budget spent so far, in [0, 1] (0 before training starts)."""
+        if self.start is None:
+            return 0.0
+        return min(1.0, (time.monotonic() - self.start) / self.seconds)
 
     def on_step_end(self, args, state, control, **kwargs):
         stop = time.monotonic() - self.start >= self.seconds
@@ -393,8 +438,22 @@ class RunArguments:
     """Settings of the run itself (not of the Trainer)."""
 
     max_train_minutes: float | None = field(
-        default=None, metadata={"help": "Stop training after this many minutes (and evaluate and save as usual)."}
+        default=None,
+        metadata={
+            "help": "Stop training after this many minutes (then evaluate and save as usual); a linear/cosine "
+            "learning-rate schedule then runs on elapsed time. Set a large num_train_epochs with it."
+        },
     )
+
+
+def arguments_from_dict(values: dict) -> tuple[ModelArguments, DataArguments, RunArguments, TrainingArguments]:
+    """The four argument dataclasses of `scripts/train.py` from a flat dict of its flags (a recipe JSON).
+
+    Raises:
+        ValueError: a key is not a flag of `scripts/train.py`.
+    """
+    parser = HfArgumentParser((ModelArguments, DataArguments, RunArguments, TrainingArguments))
+    return parser.parse_dict(values)
 
 
 def load_tokenizer(model_args: ModelArguments, default_tokenizer: str | os.PathLike):
@@ -488,9 +547,6 @@ def run_training(
         f"model: {model.num_parameters():,} parameters"
     )
 
-    callbacks = list(extra_callbacks or [])
-    if run_args.max_train_minutes is not None:
-        callbacks.append(TimeBudgetCallback(run_args.max_train_minutes))
     trainer = LMTrainer(
         model=model,
         args=training_args,
@@ -498,8 +554,9 @@ def run_training(
         eval_dataset=eval_dataset,
         data_collator=LMCollator(),
         processing_class=tokenizer,
-        callbacks=callbacks,
+        callbacks=list(extra_callbacks or []),
         stateful_bptt=data_args.stateful,
+        max_train_minutes=run_args.max_train_minutes,
     )
     if trainer.is_world_process_zero():
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -552,6 +609,7 @@ def run_training(
 
 __all__ = [
     "BPTTStateCheckpointCallback",
+    "arguments_from_dict",
     "CarriedState",
     "DataArguments",
     "LMTrainer",

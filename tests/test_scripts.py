@@ -118,6 +118,18 @@ def test_smoke_modes(script, tmp_path):
     assert done.stdout.strip()
 
 
+def test_demo_smoke_writes_everything(tmp_path):
+    output = tmp_path / "demo"
+    done = run("demo.py", "--smoke", "--output_dir", output, cwd=tmp_path)
+    summary = json.loads((output / "demo.json").read_text())
+    assert summary["sample"].startswith("ROMEO:") and (output / "sample.txt").read_text().startswith("ROMEO:")
+    for split in ("validation", "test"):
+        word_ppl = summary["results"][f"{split}_word_perplexity"]
+        assert f"{word_ppl:.2f}" in done.stdout
+    assert (output / "loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert AutoModelForCausalLM.from_pretrained(output).config.use_cache is True
+
+
 def test_train_missing_file_is_an_oserror(tmp_path):
     train = load_script("train")
     with pytest.raises(OSError, match="Text file not found: .*missing.txt"):

@@ -7,6 +7,7 @@ import math
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -152,6 +153,31 @@ def test_time_budget_callback_stops_training(tmp_path):
         TimeBudgetCallback(0)
 
 
+@pytest.mark.parametrize(
+    "schedule, expected", [("linear", 0.75), ("cosine", 0.5 * (1 + math.cos(math.pi * 0.25))), ("constant", 1.0)]
+)
+def test_time_budget_runs_the_schedule_on_elapsed_time(tmp_path, schedule, expected):
+    model = LSTMLMForCausalLM(make_tiny_config())
+    args = training_args(tmp_path, lr_scheduler_type=schedule, learning_rate=0.1, warmup_steps=0)
+    trainer = LMTrainer(
+        model=model,
+        args=args,
+        train_dataset=TokenBlocks(random_stream(), 8),
+        data_collator=LMCollator(),
+        max_train_minutes=10,
+    )
+    trainer.create_optimizer_and_scheduler(num_training_steps=1000)
+    trainer.time_budget.start = time.monotonic() - 150  # a quarter of the 10 minutes is gone
+    trainer.lr_scheduler.step()
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(0.1 * expected, rel=1e-3)
+
+
+def test_time_budget_refuses_step_only_schedules(tmp_path):
+    args = training_args(tmp_path, lr_scheduler_type="polynomial")
+    with pytest.raises(ValueError, match="`lr_scheduler_type` must be one of"):
+        LMTrainer(model=LSTMLMForCausalLM(make_tiny_config()), args=args, max_train_minutes=1)
+
+
 # -- stateful truncated BPTT -----------------------------------------------------------------------------------------
 
 
@@ -233,6 +259,28 @@ def test_state_resets_at_window_zero(tmp_path):
         plain = model(input_ids=first["input_ids"], labels=first["labels"], shift_labels=first["shift_labels"]).loss
     torch.testing.assert_close(fresh, again)
     torch.testing.assert_close(fresh, plain)
+
+
+def test_stateful_evaluation_scores_each_stream_as_one_pass(tmp_path):
+    """trainer.evaluate() on BPTTStreams carries the state across windows: the same loss as one forward pass over
+    each whole stream (from a zero state), averaged over every token."""
+    torch.manual_seed(0)
+    model = LSTMLMForCausalLM(make_tiny_config(initializer_range=1.0))
+    args = training_args(tmp_path, per_device_eval_batch_size=2)
+    valid = BPTTStreams(random_stream(300, seed=1), num_streams=2, block_size=7)
+    trainer = LMTrainer(model=model, args=args, eval_dataset=valid, data_collator=LMCollator(), stateful_bptt=True)
+    eval_loss = trainer.evaluate()["eval_loss"]
+    model.eval()
+    with torch.no_grad():
+        logits = model(input_ids=valid.streams[:, :-1]).logits  # (2, windows * 7, vocab): each stream in one pass
+    expected = F.cross_entropy(logits.reshape(-1, 64), valid.streams[:, 1:].reshape(-1)).item()
+    assert eval_loss == pytest.approx(expected, rel=1e-5)
+    # Without the carried state (every window from zero) the loss differs: the test can tell.
+    windows = valid.streams[:, :-1].reshape(2, -1, 7).transpose(0, 1).reshape(-1, 7)
+    targets = valid.streams[:, 1:].reshape(2, -1, 7).transpose(0, 1).reshape(-1, 7)
+    with torch.no_grad():
+        cold = F.cross_entropy(model(input_ids=windows).logits.reshape(-1, 64), targets.reshape(-1)).item()
+    assert abs(cold - expected) > 1e-3
 
 
 def test_stateful_trainer_rejects_mismatched_streams(tmp_path):
