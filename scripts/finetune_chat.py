@@ -143,7 +143,8 @@ def main(argv=None):
     train, validation = data["train"], data["validation"]
     if args.max_train_examples is not None:
         train = train.select(range(min(args.max_train_examples, len(train))))
-        validation = validation.select(range(min(args.max_train_examples // 4 or 1, len(validation))))
+    if args.smoke:
+        validation = validation.select(range(min(12, len(validation))))
     message_kwargs = dict(
         task=args.task,
         messages_column=args.messages_column,
@@ -195,7 +196,9 @@ def main(argv=None):
             for p, r, b, a in zip(prompts, references, before, after, strict=True)
         ]
     else:
-        prompts = [to_messages(row, **message_kwargs)[:1] for row in rows[:20]]
+        conversations = [to_messages(row, **message_kwargs) for row in rows[:20]]
+        # Each prompt is the conversation up to its first assistant turn.
+        prompts = [c[: next(i for i, m in enumerate(c) if m["role"] == "assistant")] for c in conversations]
         replies = generate_replies(model, tokenizer, prompts, args.max_new_tokens, args.batch_size)
         samples = [{"prompt": p[-1]["content"], "reply": r} for p, r in zip(prompts, replies, strict=True)]
 
