@@ -22,7 +22,7 @@ import torch  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed  # noqa: E402
 
 import modeling_lstmlm  # noqa: E402, F401  (registers the model with the Auto classes)
-from modeling_lstmlm import LSTMLMConfig, LSTMLMForCausalLM  # noqa: E402
+from modeling_lstmlm.smoke import save_tiny_model  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -56,23 +56,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def make_tiny_model(folder: Path) -> str:
-    """Save a tiny random LSTMLM with the repository's tokenizer into `folder` (for --smoke)."""
-    tokenizer = AutoTokenizer.from_pretrained(REPO_ROOT / "tokenizer")
-    torch.manual_seed(0)
-    config = LSTMLMConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=16,
-        num_hidden_layers=1,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    LSTMLMForCausalLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return str(folder)
-
-
 def generate(args: argparse.Namespace) -> dict:
     set_seed(args.seed)
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.model, trust_remote_code=args.trust_remote_code)
@@ -104,7 +87,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         if args.model is None:  # --smoke
-            args.model = make_tiny_model(Path(tmp) / "tiny")
+            args.model = save_tiny_model(Path(tmp) / "tiny", REPO_ROOT / "tokenizer")
             args.max_new_tokens = min(args.max_new_tokens, 8)
         result = generate(args)
     for i, text in enumerate(result["continuations"]):

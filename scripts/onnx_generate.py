@@ -48,22 +48,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def make_smoke_folders(tmp: Path) -> tuple[Path, Path]:
     """A tiny random model with the repository's tokenizer, saved, and its ONNX export."""
-    import torch
-
-    from modeling_lstmlm import LSTMLMConfig, LSTMLMForCausalLM
     from modeling_lstmlm.onnx_export import export_onnx
+    from modeling_lstmlm.smoke import tiny_model
 
     tokenizer = AutoTokenizer.from_pretrained(REPO_ROOT / "tokenizer")
-    torch.manual_seed(0)
-    config = LSTMLMConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=16,
-        num_hidden_layers=2,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    model = LSTMLMForCausalLM(config).eval()
+    model = tiny_model(tokenizer, hidden_size=16, num_hidden_layers=2)
     model_dir, onnx_dir = tmp / "model", tmp / "onnx"
     model.save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)

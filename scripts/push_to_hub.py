@@ -70,23 +70,9 @@ def make_parser() -> argparse.ArgumentParser:
 
 def make_smoke_run(folder: Path) -> Path:
     """A tiny untrained model with the committed tokenizer, saved as a run folder (no run record)."""
-    import torch
-    from transformers import AutoTokenizer
+    from modeling_lstmlm.smoke import save_tiny_model
 
-    from modeling_lstmlm import LSTMLMConfig, LSTMLMForCausalLM
-
-    tokenizer = AutoTokenizer.from_pretrained(REPO_ROOT / "tokenizer")
-    torch.manual_seed(0)
-    config = LSTMLMConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=16,
-        num_hidden_layers=1,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    LSTMLMForCausalLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
+    save_tiny_model(folder, REPO_ROOT / "tokenizer")
     return folder
 
 

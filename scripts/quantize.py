@@ -25,13 +25,12 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if importlib.util.find_spec("modeling_lstmlm") is None:  # a checkout without `pip install -e .`
     sys.path.insert(0, str(REPO_ROOT))
 
-import torch  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
 import modeling_lstmlm  # noqa: E402, F401  (registers the model with the Auto classes)
-from modeling_lstmlm import LSTMLMConfig, LSTMLMForCausalLM  # noqa: E402
 from modeling_lstmlm.data import parse_line_range, read_text, select_lines  # noqa: E402
 from modeling_lstmlm.quantization import perplexity_report, quantize_model  # noqa: E402
+from modeling_lstmlm.smoke import save_tiny_model  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -64,23 +63,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def make_tiny_model(folder: Path) -> str:
-    """A tiny random LSTMLM with the repository's tokenizer, saved into `folder` (for --smoke)."""
-    tokenizer = AutoTokenizer.from_pretrained(REPO_ROOT / "tokenizer")
-    torch.manual_seed(0)
-    config = LSTMLMConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        num_hidden_layers=2,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    LSTMLMForCausalLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return str(folder)
-
-
 def file_size(folder: Path) -> int:
     return sum(path.stat().st_size for path in Path(folder).glob("*.safetensors"))
 
@@ -100,7 +82,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         if args.smoke:
-            args.model = make_tiny_model(Path(tmp) / "tiny")
+            tokenizer_dir = REPO_ROOT / "tokenizer"
+            args.model = save_tiny_model(Path(tmp) / "tiny", tokenizer_dir, hidden_size=32, num_hidden_layers=2)
             args.eval_file = args.eval_file or REPO_ROOT / "data" / "tinyshakespeare" / "input.txt"
             args.eval_lines = args.eval_lines or "38000:38020"
             args.eval_window = min(args.eval_window, 32)
