@@ -13,7 +13,8 @@ runs on elapsed time, so each decays fully within its budget). Then:
   truncated BPTT and the rest), trained by `run_training`, the same code as `scripts/train.py`.
 - (b) `transformers.GPT2LMHeadModel` with about the LSTM's parameter count (n_embd and n_head fixed, n_layer
   chosen to match), trained by the stock Trainer with AdamW on shuffled blocks of `--gpt2_context` tokens, its
-  learning rate picked by a short sweep (`--gpt2_lrs`, `--sweep_minutes` each) on validation perplexity.
+  learning rate picked by a short sweep (`--gpt2_lrs`, all run at once for `--sweep_minutes`) on validation
+  perplexity.
 
 Word-level perplexity (summed NLL / words, words = whitespace-separated tokens plus one per line end) on valid and
 test is the headline; token-level perplexity is beside it. The LSTM scores each split as one stream with its state
@@ -266,26 +267,28 @@ def main(argv=None) -> dict:
     }
     print("Machine: " + ", ".join(f"{k}: {v}" for k, v in facts.items()), flush=True)
 
-    # 1. GPT-2 learning-rate sweep (short runs, two at a time), unless a rate is given.
+    # 1. GPT-2 learning-rate sweep (short runs, all at once), unless a rate is given.
     sweep = {}
     gpt2_lr = args.gpt2_lr
     if args.only != "lstm" and gpt2_lr is None:
         lrs = [float(x) for x in args.gpt2_lrs.split(",")]
         if args.sweep_minutes > 0 and len(lrs) > 1:
-            for i in range(0, len(lrs), 2):
-                specs = [
-                    {
-                        **gpt2_common,
-                        "name": f"gpt2 sweep lr={lr:g}",
-                        "lr": lr,
-                        "minutes": args.sweep_minutes,
-                        "output_dir": str(args.output_dir / f"gpt2_sweep_lr{lr:g}"),
-                    }  # fmt: skip
-                    for lr in lrs[i : i + 2]
-                ]
-                print(f"Sweep: {', '.join(spec['name'] for spec in specs)} ({args.sweep_minutes} min)", flush=True)
-                for spec, result in zip(specs, run_side_by_side(specs), strict=True):
-                    sweep[spec["lr"]] = result["validation_word_perplexity"]
+            # All sweep runs at once, so that each gets the same share of the machine (a run alone would see more
+            # tokens in its minutes than a pair).
+            specs = [
+                {
+                    **gpt2_common,
+                    "name": f"gpt2 sweep lr={lr:g}",
+                    "lr": lr,
+                    "minutes": args.sweep_minutes,
+                    "output_dir": str(args.output_dir / f"gpt2_sweep_lr{lr:g}"),
+                }
+                for lr in lrs
+            ]
+            names = ", ".join(spec["name"] for spec in specs)
+            print(f"Sweep: {names} ({args.sweep_minutes} min, all at once)", flush=True)
+            for spec, result in zip(specs, run_side_by_side(specs), strict=True):
+                sweep[spec["lr"]] = result["validation_word_perplexity"]
             gpt2_lr = min(sweep, key=sweep.get)
         else:
             gpt2_lr = lrs[0]

@@ -572,7 +572,10 @@ def run_training(
         (output_dir / RUN_ARGS_FILE).write_text(json.dumps(resolved, indent=2, default=str) + "\n")
 
     start = time.monotonic()
-    train_output = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    resume = training_args.resume_from_checkpoint
+    if isinstance(resume, str) and resume.lower() in ("true", "last"):
+        resume = True  # the last checkpoint in output_dir
+    train_output = trainer.train(resume_from_checkpoint=resume)
     train_seconds = time.monotonic() - start
     if eval_dataset is not None:
         trainer.evaluate()

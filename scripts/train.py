@@ -8,9 +8,9 @@
     torchrun --nproc_per_node 2 scripts/train.py --smoke                # DDP (gloo on CPU)
 
 Every flag of `transformers.TrainingArguments` works (`--learning_rate`, `--optim sgd`, `--max_grad_norm`,
-`--gradient_accumulation_steps`, `--resume_from_checkpoint`, ...). `--config FILE.json` sets defaults for any flag
-(flags given on the command line win). Without any data flag, the bundled tinyshakespeare is used, split by lines
-into [0, 36000) train, [36000, 38000) validation and [38000, 40000) test.
+`--gradient_accumulation_steps`, `--resume_from_checkpoint PATH|last`, ...). `--config FILE.json` sets defaults for
+any flag (flags given on the command line win). Without any data flag, the bundled tinyshakespeare is used, split
+by lines into [0, 36000) train, [36000, 38000) validation and [38000, 40000) test.
 
 The output folder holds the model, tokenizer and generation config (loadable with the Auto classes),
 `run_args.json` (every resolved argument), `eval_results.json` (token- and word-level perplexity on validation and

@@ -130,6 +130,30 @@ def test_run_training_writes_a_complete_run_folder(tmp_path):
     assert saved["train_steps"] == 4
 
 
+@needs_corpus
+def test_fine_tuning_an_existing_folder(tmp_path):
+    tokenizer = AutoTokenizer.from_pretrained(TOKENIZER_DIR)
+    torch.manual_seed(0)
+    base = LSTMLMForCausalLM(make_tiny_config(vocab_size=len(tokenizer), hidden_size=16))
+    base.save_pretrained(tmp_path / "base")
+    tokenizer.save_pretrained(tmp_path / "base")
+    data_args = DataArguments(
+        train_file=[str(SHAKESPEARE)],
+        train_lines="0:200",
+        validation_lines="200:240",
+        block_size=16,
+        cache_dir=str(tmp_path / "cache"),
+    )
+    model_args = ModelArguments(model_name_or_path=str(tmp_path / "base"), output_dropout=0.3)
+    run_training(model_args, data_args, training_args(tmp_path / "ft", max_steps=3))
+    tuned = AutoModelForCausalLM.from_pretrained(tmp_path / "ft")
+    assert tuned.config.hidden_size == 16 and tuned.config.output_dropout == 0.3
+    assert not torch.equal(tuned.model.embed_tokens.weight, base.model.embed_tokens.weight)  # it trained
+    with pytest.raises(ValueError, match="`hidden_size` cannot change when fine-tuning"):
+        run_training(ModelArguments(model_name_or_path=str(tmp_path / "base"), hidden_size=32), data_args,
+                     training_args(tmp_path / "ft2", max_steps=1))  # fmt: skip
+
+
 def test_plot_loss_curve_writes_a_png(tmp_path):
     history = [{"loss": 3.0, "step": 1}, {"loss": 2.5, "step": 2}, {"eval_loss": 2.7, "step": 2}]
     path = plot_loss_curve(history, tmp_path / "curve.png")
@@ -168,6 +192,7 @@ def test_time_budget_runs_the_schedule_on_elapsed_time(tmp_path, schedule, expec
     )
     trainer.create_optimizer_and_scheduler(num_training_steps=1000)
     trainer.time_budget.start = time.monotonic() - 150  # a quarter of the 10 minutes is gone
+    trainer.optimizer.step()  # no gradients: changes nothing, but keeps the optimizer-then-scheduler order
     trainer.lr_scheduler.step()
     assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(0.1 * expected, rel=1e-3)
 
