@@ -24,13 +24,12 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if importlib.util.find_spec("modeling_lstmlm") is None:  # a checkout without `pip install -e .`
     sys.path.insert(0, str(REPO_ROOT))
 
-import torch  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
 import modeling_lstmlm  # noqa: E402, F401  (registers the model with the Auto classes)
-from modeling_lstmlm import LSTMLMConfig, LSTMLMForCausalLM  # noqa: E402
 from modeling_lstmlm.data import DataSource, load_split_texts, parse_line_range, read_text, select_lines  # noqa: E402
 from modeling_lstmlm.evaluation import evaluate_text  # noqa: E402
+from modeling_lstmlm.smoke import save_tiny_model  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -85,21 +84,12 @@ def load_texts(args: argparse.Namespace) -> dict[str, str]:
     return {f"{args.dataset_name}/{args.split}": "\n".join(docs) if len(docs) > 1 else docs[0]}
 
 
-def make_tiny_model(folder: Path) -> str:
-    tokenizer = AutoTokenizer.from_pretrained(REPO_ROOT / "tokenizer")
-    torch.manual_seed(0)
-    config = LSTMLMConfig(vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=1)
-    LSTMLMForCausalLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return str(folder)
-
-
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         if args.model is None:  # --smoke
-            args.model = make_tiny_model(Path(tmp) / "tiny")
-            args.output_file = args.output_file or Path(tmp) / "eval.json"
+            args.model = save_tiny_model(Path(tmp) / "tiny", REPO_ROOT / "tokenizer")
+            args.output_file = args.output_file or Path("runs") / "smoke_eval.json"
         tokenizer = AutoTokenizer.from_pretrained(
             args.tokenizer or args.model, trust_remote_code=args.trust_remote_code
         )
