@@ -127,12 +127,12 @@ def main(argv: list[str] | None = None) -> dict:
     print()
     print(f"Trained {results['train_steps']} steps ({results['train_tokens']:,} tokens) in "
           f"{results['train_seconds'] / 60:.1f} min; {results['num_parameters'] / 1e6:.2f}M parameters")  # fmt: skip
-    print(f"| {'split':<22} | {'token ppl':>9} | {'word ppl':>9} |")
-    print(f"|{'-' * 24}|{'-' * 11}|{'-' * 11}|")
+    print(f"| {'split':<32} | {'token ppl':>9} | {'word ppl':>9} |")
+    print(f"|{'-' * 34}|{'-' * 11}|{'-' * 11}|")
     for split, lines in (("validation", DATA["validation_lines"]), ("test", DATA["test_lines"])):
         if args.smoke:
             lines = SMOKE[f"{split}_lines"]
-        print(f"| {split + ' (lines ' + lines + ')':<22} | {results[f'{split}_token_perplexity']:>9.2f} | "
+        print(f"| {split + ' (lines ' + lines + ')':<32} | {results[f'{split}_token_perplexity']:>9.2f} | "
               f"{results[f'{split}_word_perplexity']:>9.2f} |")  # fmt: skip
     print(f"\nSample (temperature {args.temperature}, top_p {args.top_p}):\n{sample}")
     summary = {"arguments": vars(args), "results": results, "sample": sample}
