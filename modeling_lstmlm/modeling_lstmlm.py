@@ -125,29 +125,28 @@ def _dropout(x: torch.Tensor, p: float, training: bool, variational: bool) -> to
     return x * mask
 
 
+def _check_cache_batch(state, batch_size: int) -> None:
+    if state is not None and state[0].shape[0] != batch_size:
+        raise ValueError(
+            f"The cache holds the state of {state[0].shape[0]} sequences but the input has {batch_size} rows "
+            "(a cache from beam search or `num_return_sequences` holds one state per returned sequence)"
+        )
+
+
 def _lstm_cell(layer: nn.Module, x: torch.Tensor, state) -> tuple[torch.Tensor, torch.Tensor]:
     """One time step of a one-layer LSTM, computed directly from the layer's own parameters (no copies to go stale).
 
     `x` is `(batch, input_size)`; `state` is the layer's `(h, c)`, each `(batch, hidden)`, or None for the zero state.
-    Returns the new `(h, c)`; when a state is given, the new `c` is written into `state[1]` in place (the cache slot).
-    For eval-mode, no-grad decoding only: the fused `nn.LSTM` kernel repacks its weights on every call, which costs more
-    than the step itself for one token. Same gate order as `nn.LSTM` (input, forget, cell, output).
+    Returns the new `(h, c)` as new tensors. For eval-mode, no-grad decoding only: the fused `nn.LSTM` kernel repacks
+    its weights on every call, which costs more than the step itself for one token; ATen's one-step cell (two matmuls
+    and the gate math in one call) does not. Same gate order as `nn.LSTM` (input, forget, cell, output).
     """
+    if state is None:
+        zeros = x.new_zeros(x.shape[0], layer.hidden_size)
+        state = (zeros, zeros)
     if isinstance(layer, nn.LSTM):
-        gates = torch.addmm(layer.bias_ih_l0, x, layer.weight_ih_l0.t())  # (batch, 4 * hidden)
-        if state is not None:
-            gates.addmm_(state[0], layer.weight_hh_l0.t())
-        gates.add_(layer.bias_hh_l0)
-    else:  # an `Int8LSTM` (below) computes its own gate pre-activations with int8 matmuls
-        gates = layer.gates(x, None if state is None else state[0])
-    hidden = gates.shape[1] // 4
-    gates[:, : 2 * hidden].sigmoid_()  # input and forget gates
-    gates[:, 3 * hidden :].sigmoid_()  # output gate
-    i, f, g, o = gates.chunk(4, dim=1)
-    g.tanh_()  # cell candidate
-    c = i * g if state is None else state[1].mul_(f).addcmul_(i, g)
-    h = torch.tanh(c).mul_(o)
-    return h, c
+        return torch.lstm_cell(x, state, layer.weight_ih_l0, layer.weight_hh_l0, layer.bias_ih_l0, layer.bias_hh_l0)
+    return layer.cell(x, state)  # an `Int8LSTM` (below): int8 matmuls
 
 
 # Int8 inference on CPU. `quantization.quantize_model` converts a float model and records `config.quantization`; the
@@ -267,9 +266,9 @@ class Int8Linear(nn.Module):
 class Int8LSTM(nn.Module):
     """A one-layer batch-first LSTM with int8 weights, in place of `nn.LSTM(input_size, hidden_size, batch_first=True)`.
 
-    Single-token decoding calls `gates` (two int8 matmuls; the model's decode step does the gate math). Multi-token
-    forwards (prompts, scoring, padded batches as `PackedSequence`) run the fused LSTM kernel on the dequantized
-    weights, so they give what the decode step gives up to float rounding.
+    Single-token decoding calls `cell` (two int8 matmuls and the gate math). Multi-token forwards (prompts, scoring,
+    padded batches as `PackedSequence`) run the fused LSTM kernel on the dequantized weights, so they give what the
+    decode step gives up to the activations' quantization.
     """
 
     def __init__(self, input_size: int, hidden_size: int, reduce_range: bool = True):
@@ -290,12 +289,28 @@ class Int8LSTM(nn.Module):
         layer.hh._set_weights(lstm.weight_hh_l0, lstm.bias_hh_l0)
         return layer
 
-    def gates(self, x: torch.Tensor, h: torch.Tensor | None) -> torch.Tensor:
-        """Gate pre-activations `x W_ih^T + b_ih + h W_hh^T + b_hh`, `(batch, 4 * hidden)`; `h=None`: zero state."""
-        gates = self.ih(x)
-        if h is None:
-            return gates.add_(self.hh.bias.to(gates.dtype))
-        return gates.add_(self.hh(h))
+    def cell(self, x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """One time step: `x` `(batch, input_size)`, `state` `(h, c)` -> the new `(h, c)`, each `(batch, hidden)`."""
+        packed_ih, packed_hh = self.ih._packed_weight(), self.hh._packed_weight()
+        if packed_ih is None or packed_hh is None:  # no int8 kernel here: the same step on the dequantized weights
+            dtype = x.dtype
+            return torch.lstm_cell(
+                x,
+                state,
+                self.ih.dequantized_weight(dtype),
+                self.hh.dequantized_weight(dtype),
+                self.ih.bias.to(dtype),
+                self.hh.bias.to(dtype),
+            )
+        # The two int8 matmuls (biases inside the packed weights), then the gate math in float32. (ATen's
+        # `quantized_lstm_cell_dynamic` does the same in one call but measured slower here, and fixes reduce_range.)
+        h, c = state[0].float(), state[1].float()
+        gates = torch.ops.quantized.linear_dynamic(x.float(), packed_ih, self.ih.reduce_range)
+        gates += torch.ops.quantized.linear_dynamic(h, packed_hh, self.hh.reduce_range)
+        i, f, g, o = gates.chunk(4, dim=1)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        h = torch.sigmoid(o) * torch.tanh(c)
+        return (h, c) if x.dtype == torch.float32 else (h.to(x.dtype), c.to(x.dtype))
 
     def forward(self, x, hx=None):
         dtype = x.data.dtype  # x may be a PackedSequence
@@ -404,19 +419,30 @@ class LSTMLMModel(LSTMLMPreTrainedModel):
     def _embed(self, input_ids: torch.LongTensor) -> torch.Tensor:
         if input_ids.dim() != 2:
             raise ValueError(f"`input_ids` must have shape (batch, sequence), got {tuple(input_ids.shape)}")
-        if input_ids.numel():
-            low, high = (int(v) for v in torch.aminmax(input_ids))  # one reduction (runs every decoding step)
-            if low < 0 or high >= self.config.vocab_size:
-                raise ValueError(
-                    f"`input_ids` must be token ids in [0, vocab_size={self.config.vocab_size}), got values in "
-                    f"[{low}, {high}]"
-                )
         weight = self.embed_tokens.weight
         p = self.config.embedding_row_dropout
         if self.training and p > 0:
             # Drop whole vocabulary rows: every occurrence of a dropped token is zeroed in this batch.
             weight = weight * weight.new_empty(weight.shape[0], 1).bernoulli_(1 - p) / (1 - p)
+        if weight.device.type == "cpu" and weight.shape[0] == self.config.vocab_size:
+            # On CPU the lookup itself refuses an id outside the table (IndexError), so the check costs nothing on
+            # the good path (it runs every decoding step); elsewhere an out-of-range id is a device-side assert.
+            try:
+                return F.embedding(input_ids, weight, self.embed_tokens.padding_idx)
+            except IndexError:
+                self._check_ids(input_ids)
+                raise
+        self._check_ids(input_ids)
         return F.embedding(input_ids, weight, self.embed_tokens.padding_idx)
+
+    def _check_ids(self, input_ids: torch.LongTensor) -> None:
+        if input_ids.numel():
+            low, high = (int(v) for v in torch.aminmax(input_ids))
+            if low < 0 or high >= self.config.vocab_size:
+                raise ValueError(
+                    f"`input_ids` must be token ids in [0, vocab_size={self.config.vocab_size}), got values in "
+                    f"[{low}, {high}]"
+                )
 
     def _run_layer(self, layer: nn.LSTM, x, state):
         """One LSTM layer over `x` (tensor or PackedSequence), with DropConnect on the hidden weights in training."""
@@ -467,11 +493,8 @@ class LSTMLMModel(LSTMLMPreTrainedModel):
         batch_size, seq_len = inputs_embeds.shape[:2]
         if cache is not None and not isinstance(cache, LSTMLMCache):
             raise ValueError(f"`cache` must be an LSTMLMCache (as returned by this model), got {type(cache).__name__}")
-        if cache is not None and (state := cache.get_state(0)) is not None and state[0].shape[0] != batch_size:
-            raise ValueError(
-                f"The cache holds the state of {state[0].shape[0]} sequences but the input has {batch_size} rows "
-                "(a cache from beam search or `num_return_sequences` holds one state per returned sequence)"
-            )
+        if cache is not None:
+            _check_cache_batch(cache.get_state(0), batch_size)
         if use_cache and cache is None:
             cache = LSTMLMCache(config=self.config)
 
@@ -538,9 +561,12 @@ class LSTMLMModel(LSTMLMPreTrainedModel):
         last = len(self.layers) - 1
         for layer_idx, layer in enumerate(self.layers):
             state = cache.get_state(layer_idx) if cache is not None else None
+            if layer_idx == 0:
+                _check_cache_batch(state, hidden.shape[0])
             hidden, c = _lstm_cell(layer, hidden, state)  # (batch, hidden)
-            if state is not None:
-                state[0].copy_(hidden)  # `get_state` gives views of the cache slot; `c` is already written there
+            if state is not None:  # `get_state` gives views of the cache slot
+                state[0].copy_(hidden)
+                state[1].copy_(c)
             elif cache is not None:
                 cache.set_state(layer_idx, hidden, c)
             if output_hidden_states and layer_idx < last:
@@ -656,6 +682,29 @@ class LSTMLMForCausalLM(LSTMLMPreTrainedModel, GenerationMixin):
             Compute logits only for the last `logits_to_keep` positions (0 keeps all); `generate` uses 1.
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
+        if (
+            input_ids is not None
+            and input_ids.dim() == 2
+            and input_ids.shape[1] == 1
+            and isinstance(cache, LSTMLMCache)
+            and labels is None
+            and attention_mask is None
+            and inputs_embeds is None
+            and isinstance(logits_to_keep, int)
+            and not (output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states)
+            and self.model.direct_decode
+            and not self.training
+            and not torch.is_grad_enabled()
+        ):
+            # A decoding step as `generate` sends it (one token and the state): the backbone's direct step without
+            # the generic forward's bookkeeping (a module call, a second ModelOutput, the mask and padding checks).
+            # Same computation as the path below; `tests/test_inference.py` compares the two.
+            output, _ = self.model._decode_step(self.model._embed(input_ids), cache, False)
+            logits = self.lm_head(output)  # (batch, 1, vocab)
+            use_cache = use_cache if use_cache is not None else self.config.use_cache
+            if not return_dict:
+                return (logits, cache) if use_cache else (logits,)
+            return LSTMLMCausalLMOutput(logits=logits, cache=cache if use_cache else None)
         outputs = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,

@@ -176,6 +176,30 @@ def test_decode_step_hidden_states_and_tuple_output_match_the_nn_lstm_path():
         torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
 
 
+def test_causal_lm_decoding_step_shortcut_equals_the_backbone_path():
+    # `generate`'s steps (one token + the cache, nothing else) skip the backbone's generic forward; an all-ones
+    # attention mask sends the same step through it. Both must give the same logits, state and output forms.
+    model = _model(embedding_size=8)
+    token = _ids(2, 1, seed=3)
+    with torch.no_grad():
+        cache_a = model(_ids(2, 3), use_cache=True).cache
+        cache_b, cache_c = copy.deepcopy(cache_a), copy.deepcopy(cache_a)
+        short = model(token, cache=cache_a, use_cache=True)
+        generic = model(token, cache=cache_b, attention_mask=torch.ones(2, 4, dtype=torch.long), use_cache=True)
+        as_tuple = model(token, cache=cache_c, use_cache=False, return_dict=False)
+    assert short.cache is cache_a and generic.cache is cache_b
+    torch.testing.assert_close(short.logits, generic.logits, rtol=0, atol=0)
+    assert cache_a.seen_tokens == cache_b.seen_tokens == 4
+    for layer in range(model.config.num_hidden_layers):
+        for got, want in zip(cache_a.get_state(layer), cache_b.get_state(layer), strict=True):
+            torch.testing.assert_close(got, want, rtol=0, atol=0)
+    assert len(as_tuple) == 1  # use_cache=False: logits only (the state is still advanced in place)
+    torch.testing.assert_close(as_tuple[0], short.logits, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="holds the state of 2 sequences but the input has 3 rows"):
+        with torch.no_grad():
+            model(_ids(3, 1), cache=cache_a, use_cache=True)
+
+
 def test_decode_step_outputs_do_not_alias_the_cache():
     model = _model()
     out = model(_ids(1, 3), use_cache=True)
@@ -231,16 +255,30 @@ def test_quantize_model_replaces_the_layers_and_stays_close_to_float():
     torch.testing.assert_close(steps, full[:, 3:], rtol=0, atol=_logit_tolerance(expected))
 
 
-def test_int8_decoding_runs_the_int8_matmuls_not_the_fused_kernel():
+def test_int8_decoding_runs_the_int8_cell_not_the_fused_kernel():
     model = quantize_model(_model())
     linear_calls, linear_handles = _count_calls([m for m in model.modules() if isinstance(m, Int8Linear)])
     lstm_calls, lstm_handles = _count_calls(model.model.layers)
     model.generate(_ids(1, 5), max_new_tokens=6, do_sample=False, eos_token_id=None)
     layers = model.config.num_hidden_layers
-    assert lstm_calls[0] == layers  # the prompt only
-    assert linear_calls[0] == 1 + 5 * (2 * layers + 1)  # prompt's head, then per step: ih + hh per layer + head
+    assert lstm_calls[0] == layers  # the prompt only; the 5 steps go through `Int8LSTM.cell`
+    assert linear_calls[0] == 1 + 5  # the head: once for the prompt, once per step
     for handle in linear_handles + lstm_handles:
         handle.remove()
+
+
+@pytest.mark.parametrize("reduce_range", [True, False])
+def test_int8_cell_equals_the_int8_matmuls_and_gate_math(reduce_range):
+    torch.manual_seed(0)
+    layer = Int8LSTM.from_float(torch.nn.LSTM(24, 16, batch_first=True), reduce_range=reduce_range)
+    x, h, c = torch.randn(3, 24) * 3, torch.randn(3, 16), torch.randn(3, 16)
+    with torch.no_grad():
+        i, f, g, o = (layer.ih(x) + layer.hh(h)).chunk(4, dim=1)  # the two int8 matmuls (Int8Linear)
+        c_expected = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        h_expected = torch.sigmoid(o) * torch.tanh(c_expected)
+        h_new, c_new = layer.cell(x, (h, c))
+    torch.testing.assert_close(c_new, c_expected, rtol=0, atol=1e-6)
+    torch.testing.assert_close(h_new, h_expected, rtol=0, atol=1e-6)
 
 
 def test_int8_folder_saves_loads_with_the_auto_class_and_generates_the_same(tmp_path):

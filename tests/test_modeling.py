@@ -237,9 +237,7 @@ def test_auto_model_loads_the_backbone(tmp_path, tiny_model):
     backbone = AutoModel.from_pretrained(tmp_path).eval()
     assert type(backbone) is LSTMLMModel
     ids = _ids()
-    torch.testing.assert_close(
-        backbone(ids).last_hidden_state, tiny_model.model(ids).last_hidden_state, rtol=0, atol=0
-    )
+    torch.testing.assert_close(backbone(ids).last_hidden_state, tiny_model.model(ids).last_hidden_state, rtol=0, atol=0)
 
 
 def test_tie_survives_load_then_resize(tmp_path, tiny_model):
