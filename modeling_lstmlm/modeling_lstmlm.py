@@ -157,6 +157,19 @@ def _lstm_cell(layer: nn.Module, x: torch.Tensor, state) -> tuple[torch.Tensor, 
 _QUANTIZATION_METHODS = ("int8",)
 
 
+def _quantized_op(name: str):
+    """The default overload of `torch.ops.quantized.<name>` (called directly: the op packet re-checks its arguments in
+    Python on every call), or None where this torch build lacks it."""
+    try:
+        return getattr(torch.ops.quantized, name).default
+    except (AttributeError, RuntimeError):
+        return None
+
+
+_LINEAR_DYNAMIC = _quantized_op("linear_dynamic")
+_QUANTIZED_LSTM_CELL = _quantized_op("quantized_lstm_cell_dynamic")
+
+
 def _quantization_method(config) -> str | None:
     """The quantization method recorded in `config` (`None` for a float model); raises on an unknown entry."""
     entry = getattr(config, "quantization", None)
@@ -225,12 +238,20 @@ class Int8Linear(nn.Module):
         return self.weight_int8.to(dtype) * self.weight_scale.to(dtype)[:, None]
 
     def _packed_weight(self):
-        tensors = (self.weight_int8, self.weight_scale, self.bias)
-        key = tuple((t.data_ptr(), t._version) if t is not None else None for t in tensors)
-        key += (torch.backends.quantized.engine, self.weight_int8.device)
+        # Runs on every decoding step, so the staleness key is kept cheap: storage and version of each buffer, and
+        # the quantized engine.
+        weight, scale, bias = self.weight_int8, self.weight_scale, self.bias
+        key = (
+            weight.data_ptr(),
+            weight._version,
+            scale.data_ptr(),
+            scale._version,
+            None if bias is None else (bias.data_ptr(), bias._version),
+            torch._C._get_qengine(),
+        )
         if self._packed_key != key:
             self._packed = None
-            if self.weight_int8.device.type == "cpu":
+            if self.weight_int8.device.type == "cpu" and _LINEAR_DYNAMIC is not None:
                 try:
                     with warnings.catch_warnings():
                         # torch marks its quantized-tensor constructors deprecated in favour of torchao, whose x86
@@ -256,7 +277,7 @@ class Int8Linear(nn.Module):
         if packed is None:  # no int8 kernel for this device or build: same result from the dequantized weights
             bias = self.bias.to(x.dtype) if self.bias is not None else None
             return nn.functional.linear(x, self.dequantized_weight(x.dtype), bias)
-        y = torch.ops.quantized.linear_dynamic(x.float(), packed, self.reduce_range)
+        y = _LINEAR_DYNAMIC(x.float(), packed, self.reduce_range)
         return y if y.dtype == x.dtype else y.to(x.dtype)
 
     def extra_repr(self) -> str:
@@ -302,15 +323,18 @@ class Int8LSTM(nn.Module):
                 self.ih.bias.to(dtype),
                 self.hh.bias.to(dtype),
             )
-        # The two int8 matmuls (biases inside the packed weights), then the gate math in float32. (ATen's
-        # `quantized_lstm_cell_dynamic` does the same in one call but measured slower here, and fixes reduce_range.)
-        h, c = state[0].float(), state[1].float()
-        gates = torch.ops.quantized.linear_dynamic(x.float(), packed_ih, self.ih.reduce_range)
-        gates += torch.ops.quantized.linear_dynamic(h, packed_hh, self.hh.reduce_range)
-        i, f, g, o = gates.chunk(4, dim=1)
-        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-        h = torch.sigmoid(o) * torch.tanh(c)
-        return (h, c) if x.dtype == torch.float32 else (h.to(x.dtype), c.to(x.dtype))
+        x, h, c = x.float(), state[0].float(), state[1].float()
+        if self.ih.reduce_range and self.hh.reduce_range and _QUANTIZED_LSTM_CELL is not None:
+            # ATen's dynamic-quantization LSTM cell: both int8 matmuls (the biases are inside the packed weights; its
+            # bias arguments are not added again) and the gate math in one call. It quantizes activations to 7 bits.
+            h, c = _QUANTIZED_LSTM_CELL(x, [h, c], packed_ih, packed_hh, self.ih.bias, self.hh.bias)
+        else:  # the same step in two kernel calls (8-bit activations when reduce_range is off)
+            gates = _LINEAR_DYNAMIC(x, packed_ih, self.ih.reduce_range)
+            gates += _LINEAR_DYNAMIC(h, packed_hh, self.hh.reduce_range)
+            i, f, g, o = gates.chunk(4, dim=1)
+            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+            h = torch.sigmoid(o) * torch.tanh(c)
+        return (h, c) if state[0].dtype == torch.float32 else (h.to(state[0].dtype), c.to(state[0].dtype))
 
     def forward(self, x, hx=None):
         dtype = x.data.dtype  # x may be a PackedSequence
