@@ -350,6 +350,28 @@ class Int8LSTM(nn.Module):
         return f"{self.input_size}, {self.hidden_size}, batch_first=True, int8"
 
 
+def quantize_int8(model: nn.Module, reduce_range: bool = True) -> nn.Module:
+    """Quantize a float LSTMLM model in place (its LSTM layers and, for a causal LM, the output layer) and record it in
+    `model.config.quantization`, so that `save_pretrained` writes a folder the Auto classes load as int8.
+
+    The output layer gets its own int8 copy of the weights, so `tie_word_embeddings` becomes False (the float
+    embedding stays as it was). Inference only: the result cannot be trained. Returns the model, in eval mode.
+    `modeling_lstmlm.quantization.quantize_model` and `from_pretrained(..., quantize="int8")` call this.
+    """
+    if _quantization_method(model.config) is not None:
+        raise ValueError(f"The model is already quantized ({model.config.quantization})")
+    backbone = getattr(model, model.base_model_prefix, model)
+    if not all(isinstance(layer, nn.LSTM) for layer in getattr(backbone, "layers", [None])):
+        raise ValueError(f"`model` must be an LSTMLM model with nn.LSTM layers, got {type(model).__name__}")
+    backbone.layers = nn.ModuleList(Int8LSTM.from_float(layer, reduce_range) for layer in backbone.layers)
+    head = getattr(model, "lm_head", None)
+    if isinstance(head, nn.Linear):
+        model.lm_head = Int8Linear.from_float(head, reduce_range)
+    model.config.tie_word_embeddings = False
+    model.config.quantization = {"method": "int8", "reduce_range": reduce_range}
+    return model.eval()
+
+
 class LSTMLMPreTrainedModel(PreTrainedModel):
     config: LSTMLMConfig
     base_model_prefix = "model"
@@ -376,14 +398,27 @@ class LSTMLMPreTrainedModel(PreTrainedModel):
                 init.zeros_(module.bias)
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, quantize: str | None = None, **kwargs):
+        r"""
+        Loads like any transformers model, plus:
+
+        quantize (`str`, *optional*):
+            `"int8"`: quantize the loaded float model for CPU inference (int8 LSTM and output weights, one scale per
+            row; see `modeling_lstmlm/quantization.py`). A folder saved from it loads as int8 without this argument.
+            A folder that is already int8 loads as it is.
+        """
+        if quantize is not None and quantize not in _QUANTIZATION_METHODS:
+            raise ValueError(f"`quantize` must be None or one of {_QUANTIZATION_METHODS}, got {quantize!r}")
         try:
-            return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+            model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
         except SafetensorError as err:
             raise OSError(
                 f"Could not read the weights of {str(pretrained_model_name_or_path)!r}: the safetensors file is "
                 f"corrupt or truncated ({err})"
             ) from err
+        if quantize is not None and _quantization_method(model.config) is None:
+            model = quantize_int8(model)
+        return model
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         # `register_for_auto_class` maps only the saved object's class in `auto_map`; map every head of this file so

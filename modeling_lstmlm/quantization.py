@@ -28,37 +28,25 @@ Example:
 
 >>> model = quantize_model(AutoModelForCausalLM.from_pretrained("runs/demo"))
 >>> model.save_pretrained("runs/demo-int8")  # AutoModelForCausalLM.from_pretrained("runs/demo-int8") is int8
+>>> same = AutoModelForCausalLM.from_pretrained("runs/demo", quantize="int8")  # or quantize while loading
 ```
 """
 
 from torch import nn
 
-from .modeling_lstmlm import _QUANTIZATION_METHODS, Int8Linear, Int8LSTM, _quantization_method
+from .modeling_lstmlm import _QUANTIZATION_METHODS, Int8Linear, Int8LSTM, quantize_int8
 
 INT8 = "int8"
 
 
 def quantize_model(model: nn.Module, method: str = INT8, reduce_range: bool = True) -> nn.Module:
-    """Quantize a float LSTMLM model in place (its LSTM layers and, for a causal LM, the output layer) and record it in
-    `model.config.quantization`, so that `save_pretrained` writes a folder the Auto classes load as int8.
-
-    The output layer gets its own int8 copy of the weights, so `tie_word_embeddings` becomes False (the float
-    embedding stays as it was). Inference only: the result cannot be trained. Returns the model, in eval mode.
+    """Quantize a float LSTMLM model in place with `method` and return it in eval mode. `"int8"`:
+    `modeling_lstmlm.modeling_lstmlm.quantize_int8`, which says what changes; `from_pretrained(folder,
+    quantize="int8")` does the same while loading.
     """
     if method not in _QUANTIZATION_METHODS:
         raise ValueError(f"`method` must be one of {_QUANTIZATION_METHODS}, got {method!r}")
-    if _quantization_method(model.config) is not None:
-        raise ValueError(f"The model is already quantized ({model.config.quantization})")
-    backbone = getattr(model, model.base_model_prefix, model)
-    if not all(isinstance(layer, nn.LSTM) for layer in getattr(backbone, "layers", [None])):
-        raise ValueError(f"`model` must be an LSTMLM model with nn.LSTM layers, got {type(model).__name__}")
-    backbone.layers = nn.ModuleList(Int8LSTM.from_float(layer, reduce_range) for layer in backbone.layers)
-    head = getattr(model, "lm_head", None)
-    if isinstance(head, nn.Linear):
-        model.lm_head = Int8Linear.from_float(head, reduce_range)
-    model.config.tie_word_embeddings = False
-    model.config.quantization = {"method": method, "reduce_range": reduce_range}
-    return model.eval()
+    return quantize_int8(model, reduce_range=reduce_range)
 
 
 def perplexity_report(model, tokenizer, text: str, windows=(256, 1), show_progress: bool = False) -> dict:

@@ -13,7 +13,7 @@ import torch
 from conftest import REPO_ROOT, make_tiny_config
 from transformers import AutoModelForCausalLM
 
-from modeling_lstmlm import LSTMLMCache, LSTMLMForCausalLM
+from modeling_lstmlm import LSTMLMCache, LSTMLMForCausalLM, LSTMLMModel
 from modeling_lstmlm.modeling_lstmlm import Int8Linear, Int8LSTM
 from modeling_lstmlm.onnx_export import OnnxLSTMLM, compare_with_model, export_onnx
 from modeling_lstmlm.quantization import quantize_model
@@ -295,6 +295,26 @@ def test_int8_folder_saves_loads_with_the_auto_class_and_generates_the_same(tmp_
     assert loaded.generate(prompt, **kwargs).tolist() == model.generate(prompt, **kwargs).tolist()
 
 
+def test_from_pretrained_quantize_int8_equals_quantize_model(tmp_path):
+    float_model = _model(embedding_size=8)
+    float_model.save_pretrained(tmp_path / "float")
+    expected = quantize_model(copy.deepcopy(float_model))
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "float", quantize="int8")
+    assert isinstance(loaded.lm_head, Int8Linear) and all(isinstance(x, Int8LSTM) for x in loaded.model.layers)
+    assert loaded.config.quantization == {"method": "int8", "reduce_range": True} and not loaded.training
+    assert loaded.state_dict().keys() == expected.state_dict().keys()
+    for name, tensor in expected.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], tensor), name
+    backbone = LSTMLMModel.from_pretrained(tmp_path / "float", quantize="int8")  # the other heads too
+    assert all(isinstance(x, Int8LSTM) for x in backbone.layers)
+    expected.save_pretrained(tmp_path / "int8")  # an int8 folder loads as it is, with or without the argument
+    again = AutoModelForCausalLM.from_pretrained(tmp_path / "int8", quantize="int8")
+    for name, tensor in expected.state_dict().items():
+        assert torch.equal(again.state_dict()[name], tensor), name
+    with pytest.raises(ValueError, match="`quantize` must be None or one of \\('int8',\\), got 'int4'"):
+        AutoModelForCausalLM.from_pretrained(tmp_path / "float", quantize="int4")
+
+
 def test_int8_packed_weights_follow_the_int8_buffers():
     model, other = quantize_model(_model(seed=0)), quantize_model(_model(seed=1))
     ids = _ids(2, 6)
@@ -323,22 +343,26 @@ INT8_REMOTE_CHILD = textwrap.dedent(
     sys.modules["modeling_lstmlm"] = None  # this machine "never installed" the package
     import torch
     from transformers import AutoModelForCausalLM
-    model = AutoModelForCausalLM.from_pretrained(sys.argv[1], trust_remote_code=True).eval()
-    assert type(model.lm_head).__name__ == "Int8Linear", type(model.lm_head)
     ids = torch.tensor(json.loads(sys.argv[2]))
-    print(json.dumps(model.generate(ids, max_new_tokens=8, do_sample=False, eos_token_id=None).tolist()))
+    results = []
+    for folder, kwargs in ((sys.argv[1], {}), (sys.argv[3], {"quantize": "int8"})):  # int8 folder; float, quantized
+        model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True, **kwargs).eval()
+        assert type(model.lm_head).__name__ == "Int8Linear", type(model.lm_head)
+        results.append(model.generate(ids, max_new_tokens=8, do_sample=False, eos_token_id=None).tolist())
+    print(json.dumps(results))
     """
 )
 
 
 def test_int8_folder_loads_as_remote_code_without_the_package(tmp_path):
+    _model().save_pretrained(tmp_path / "float")
     model = quantize_model(_model())
     folder = tmp_path / "int8"
     model.save_pretrained(folder)
     prompt = _ids(1, 4)
     env = {**os.environ, "HF_HOME": str(tmp_path / "hf_home"), "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
     result = subprocess.run(
-        [sys.executable, "-c", INT8_REMOTE_CHILD, str(folder), json.dumps(prompt.tolist())],
+        [sys.executable, "-c", INT8_REMOTE_CHILD, str(folder), json.dumps(prompt.tolist()), str(tmp_path / "float")],
         cwd=tmp_path,
         env=env,
         capture_output=True,
@@ -346,8 +370,8 @@ def test_int8_folder_loads_as_remote_code_without_the_package(tmp_path):
         timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    expected = model.generate(prompt, max_new_tokens=8, do_sample=False, eos_token_id=None)
-    assert json.loads(result.stdout.strip().splitlines()[-1]) == expected.tolist()
+    expected = model.generate(prompt, max_new_tokens=8, do_sample=False, eos_token_id=None).tolist()
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == [expected, expected]
 
 
 # ---------------------------------------------------------------- ONNX
