@@ -788,7 +788,14 @@ class LSTMLMForCausalLM(LSTMLMPreTrainedModel, GenerationMixin):
                 raise ValueError(f"`labels` must be -100 or token ids in [0, vocab_size={self.config.vocab_size})")
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
             if outputs.regularization_loss is not None:
-                loss = loss + outputs.regularization_loss
+                penalty = outputs.regularization_loss
+                num_items_in_batch = kwargs.get("num_items_in_batch")
+                if num_items_in_batch is not None:
+                    # Under gradient accumulation the Trainer sums the micro-batches' losses (the loss above is
+                    # already divided by the items of all of them): weigh the penalty by this micro-batch's share of
+                    # the items, so that it counts once per optimizer step, as the cross-entropy does.
+                    penalty = penalty * (labels[:, 1:] != -100).sum() / num_items_in_batch
+                loss = loss + penalty
 
         if not return_dict:
             output = tuple(v for v in (logits, outputs.cache, outputs.hidden_states) if v is not None)

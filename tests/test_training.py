@@ -542,6 +542,20 @@ def test_ar_and_tar_are_added_to_the_training_loss_only():
     torch.testing.assert_close(out.loss, F.cross_entropy(out.logits[:, :-1].reshape(-1, 64), ids[:, 1:].reshape(-1)))
 
 
+def test_ar_and_tar_count_once_per_step_under_gradient_accumulation():
+    # The Trainer passes `num_items_in_batch` (the items of all micro-batches of one optimizer step) and sums the
+    # micro-batch losses; the sum must equal the loss of the whole batch in one forward.
+    torch.manual_seed(0)
+    config = make_tiny_config(activation_regularization=2.0, temporal_activation_regularization=3.0)
+    model = LSTMLMForCausalLM(config).train()
+    ids = torch.randint(0, 64, (4, 7))
+    whole = model(input_ids=ids, labels=ids).loss
+    num_items = torch.tensor(4 * 6)
+    parts = [model(input_ids=ids[i : i + 2], labels=ids[i : i + 2], num_items_in_batch=num_items).loss for i in (0, 2)]
+    torch.testing.assert_close(parts[0] + parts[1], whole, rtol=1e-6, atol=1e-6)
+    assert model(input_ids=ids[:2], labels=ids[:2]).loss > parts[0] * 1.5  # without it each part is a full mean
+
+
 # -- several processes -----------------------------------------------------------------------------------------------
 
 
