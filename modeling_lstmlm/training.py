@@ -39,6 +39,7 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 from torch.utils.data import SequentialSampler
+from tqdm.auto import tqdm
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
@@ -48,6 +49,7 @@ from transformers import (
     TrainingArguments,
     set_seed,
 )
+from transformers.trainer_callback import ProgressCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 from transformers.utils import logging
 
@@ -158,6 +160,8 @@ class LMTrainer(Trainer):
                 )
             self.time_budget = TimeBudgetCallback(max_train_minutes)
             self.add_callback(self.time_budget)
+            if self.pop_callback(ProgressCallback) is not None:  # the bar counts the budget, not the epochs' steps
+                self.add_callback(TimeBudgetProgressCallback(self.time_budget))
         if stateful_bptt:
             if self.args.accelerator_config.split_batches:
                 raise ValueError("Stateful BPTT deals whole batches to processes: `split_batches` must be False")
@@ -277,6 +281,27 @@ class LMTrainer(Trainer):
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Callbacks and the loss curve
+
+
+class TimeBudgetProgressCallback(ProgressCallback):
+    """The Trainer's progress bar, counting the seconds of a time budget (the step count goes in the postfix): with a
+    budget, `max_steps` is what the epochs would take, not what the run will do."""
+
+    def __init__(self, budget: TimeBudgetCallback):
+        super().__init__()
+        self.budget = budget
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            self.training_bar = tqdm(total=round(self.budget.seconds), unit="s", desc="time budget", dynamic_ncols=True)
+        self.current_step = 0
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            elapsed = round(self.budget.fraction() * self.budget.seconds)
+            self.training_bar.update(elapsed - self.training_bar.n)
+            self.training_bar.set_postfix(step=state.global_step, refresh=False)
+        self.current_step = state.global_step
 
 
 class TimeBudgetCallback(TrainerCallback):

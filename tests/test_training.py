@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from conftest import REPO_ROOT, make_tiny_config
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback, TrainingArguments
+from transformers.trainer_callback import ProgressCallback
 
 from modeling_lstmlm import LSTMLMCache, LSTMLMForCausalLM
 from modeling_lstmlm.data import BPTTStreams, LMCollator, TokenBlocks
@@ -24,6 +25,7 @@ from modeling_lstmlm.training import (
     LMTrainer,
     ModelArguments,
     TimeBudgetCallback,
+    TimeBudgetProgressCallback,
     plot_loss_curve,
     run_training,
 )
@@ -195,6 +197,36 @@ def test_time_budget_runs_the_schedule_on_elapsed_time(tmp_path, schedule, expec
     trainer.optimizer.step()  # no gradients: changes nothing, but keeps the optimizer-then-scheduler order
     trainer.lr_scheduler.step()
     assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(0.1 * expected, rel=1e-3)
+
+
+def test_time_budget_progress_bar_counts_the_budget_not_the_epochs(tmp_path):
+    def trainer(**overrides):
+        args = training_args(tmp_path, max_steps=-1, num_train_epochs=1000, **overrides)
+        data = TokenBlocks(random_stream(), 8)
+        return LMTrainer(
+            model=LSTMLMForCausalLM(make_tiny_config()),
+            args=args,
+            train_dataset=data,
+            data_collator=LMCollator(),
+            max_train_minutes=0.05,
+        )
+
+    shown = trainer(disable_tqdm=False)
+    bars = [cb for cb in shown.callback_handler.callbacks if isinstance(cb, ProgressCallback)]
+    assert [type(cb) for cb in bars] == [TimeBudgetProgressCallback]
+    seen = []
+
+    class Watch(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            seen.append((bars[0].training_bar.total, bars[0].training_bar.n, state.global_step))
+
+    shown.add_callback(Watch())
+    shown.train()
+    assert seen and all(total == 3 for total, _, _ in seen)  # seconds of the 0.05-minute budget, not 1000 epochs
+    assert [n for _, n, _ in seen] == sorted(n for _, n, _ in seen) and seen[-1][1] <= 3
+    assert seen[-1][2] == shown.state.global_step > 1
+    quiet = trainer(disable_tqdm=True)  # no bar at all, as with the stock Trainer
+    assert not any(isinstance(cb, ProgressCallback) for cb in quiet.callback_handler.callbacks)
 
 
 def test_time_budget_refuses_step_only_schedules(tmp_path):
