@@ -149,10 +149,11 @@ def _lstm_cell(layer: nn.Module, x: torch.Tensor, state) -> tuple[torch.Tensor, 
     return layer.cell(x, state)  # an `Int8LSTM` (below): int8 matmuls
 
 
-# Int8 inference on CPU. `quantization.quantize_model` converts a float model and records `config.quantization`; the
-# classes live here because a saved int8 folder needs them to load (this file travels as remote code). The weights are
-# int8 with one float scale per output row; torch's dynamic-quantization kernel (`quantized::linear_dynamic`: fbgemm /
-# oneDNN on x86, qnnpack on ARM) quantizes the activations on the fly.
+# Int8 inference on CPU. `quantize_int8` (below; `quantization.quantize_model`, `from_pretrained(..., quantize="int8")`)
+# converts a float model and records `config.quantization`; all of it lives here because a saved int8 folder needs it to
+# load (this file travels as remote code). The weights are int8 with one float scale per output row; torch's
+# dynamic-quantization kernels (`quantized::linear_dynamic`, `quantized_lstm_cell_dynamic`: fbgemm / oneDNN on x86,
+# qnnpack on ARM) quantize the activations on the fly.
 
 _QUANTIZATION_METHODS = ("int8",)
 
