@@ -10,12 +10,15 @@ Greedy decoding of one random LSTMLM (H=512, L=2, V=8192 unless changed), exactl
   - `nn.LSTM step`: `generate()` with `model.model.direct_decode = False` (each decoding step through `nn.LSTM`);
   - `direct step`: `generate()` as shipped (each step: two matmuls per layer on the same parameters, then the gates);
   - `direct int8`: the same after `quantization.quantize_model` (int8 LSTM and output weights);
-  - `onnxruntime`: `OnnxLSTMLM.greedy_generate` on the exported prefill/decode-step graphs (CPU only).
+  - `onnxruntime`: `OnnxLSTMLM.greedy_generate` on the exported prefill/decode-step graphs (CPU only);
+  - `onnxruntime int8`: the same on the int8 graphs of `onnx_export.quantize_onnx` (onnxruntime's dynamic quantizer).
 Tokens/s counts every row. The floor of a decoding step is the weight bytes it reads (LSTM layers, projection,
 output layer, one embedding row per row of the batch) divided by the bandwidth of one large matrix-vector product
 measured here (`(1, 4096) @ (4096, 2048)^T` in the model's dtype, 32 MiB in float32); `x floor` = measured ms per step
 / floor ms per step. Goals: direct >= 2x nn.LSTM at batch 1; float32 direct within 1.5x of its floor; int8 >= 2x
-faster than float32 direct. The variants must generate the same tokens as `nn.LSTM step` (int8: not checked).
+faster than float32 direct. The variants must generate the same tokens as `nn.LSTM step` (the int8 ones: not checked).
+The int8 ONNX floor counts the decode-step graph's initializers (8-bit weights, float biases and scales, one embedding
+row per batch row).
 """
 
 import argparse
@@ -38,6 +41,7 @@ from modeling_lstmlm import LSTMLMConfig, LSTMLMForCausalLM  # noqa: E402
 from modeling_lstmlm.quantization import quantize_model  # noqa: E402
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+INT8_VARIANTS = ("direct int8", "onnxruntime int8")  # other logits by design: their ids are not compared
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -52,8 +56,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--num_layers", type=int, default=2, help="LSTM layers")
     parser.add_argument("--vocab_size", type=int, default=8192, help="vocabulary size")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per variant (after one warm-up)")
-    parser.add_argument("--no_int8", action="store_true", help="skip the int8 variant")
-    parser.add_argument("--no_onnx", action="store_true", help="skip the onnxruntime variant")
+    parser.add_argument("--no_int8", action="store_true", help="skip the int8 variants (direct and onnxruntime)")
+    parser.add_argument("--no_onnx", action="store_true", help="skip the onnxruntime variants (float and int8)")
     parser.add_argument("--output", type=Path, default=None, help="JSON results (default runs/benchmarks/decode.json)")
     parser.add_argument("--smoke", action="store_true", help="tiny model, one repeat, few tokens")
     args = parser.parse_args(argv)
@@ -136,6 +140,27 @@ def weight_bytes_per_step(model, batch: int) -> int:
     return total
 
 
+def onnx_weight_bytes_per_step(folder: str, batch: int) -> int:
+    """The same count for an exported `decode_step.onnx`: every initializer, except that a table read only by a
+    Gather (the embedding) counts one row per row of the batch."""
+    import numpy as np
+    import onnx
+
+    graph = onnx.load(str(Path(folder) / "decode_step.onnx")).graph
+    readers = {}
+    for node in graph.node:
+        for position, name in enumerate(node.input):
+            readers.setdefault(name, set()).add((node.op_type, position))
+    total = 0
+    for tensor in graph.initializer:
+        itemsize = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)).itemsize
+        size = int(np.prod(tensor.dims, dtype=np.int64)) * itemsize
+        if readers.get(tensor.name) == {("Gather", 0)} and len(tensor.dims) == 2:
+            size = batch * tensor.dims[1] * itemsize
+        total += size
+    return total
+
+
 def make_generate_run(model, direct: bool, prompt: torch.Tensor, new_tokens: int):
     def run():
         model.model.direct_decode = direct
@@ -179,23 +204,28 @@ def main(argv=None) -> dict:
     int8 = not args.no_int8 and args.device.type == "cpu" and args.dtype == "float32"
     if int8:
         variants["direct int8"] = (quantize_model(copy.deepcopy(model)), "direct")
-    onnx_dir = None
+    onnx_dir = onnx_int8_dir = None
     if not args.no_onnx and args.device.type == "cpu" and args.dtype == "float32":
-        from modeling_lstmlm.onnx_export import export_onnx
+        from modeling_lstmlm.onnx_export import export_onnx, quantize_onnx
 
         onnx_dir = tempfile.TemporaryDirectory()
         export_onnx(model, onnx_dir.name)
+        if int8:
+            onnx_int8_dir = tempfile.TemporaryDirectory()
+            quantize_onnx(onnx_dir.name, onnx_int8_dir.name)
     for variant_model, _ in variants.values():
         variant_model.to(device=args.device, dtype=dtype if variant_model is model else None)
 
     results = []
     for threads in args.threads:
         torch.set_num_threads(threads)
-        ort = None
+        ort = ort_int8 = None
         if onnx_dir is not None:
             from modeling_lstmlm.onnx_export import OnnxLSTMLM
 
             ort = OnnxLSTMLM(onnx_dir.name, num_threads=threads)
+        if onnx_int8_dir is not None:
+            ort_int8 = OnnxLSTMLM(onnx_int8_dir.name, num_threads=threads)
         bandwidth = bandwidth_gbs(args.device, dtype)
         for batch in args.batch_sizes:
             seed = torch.Generator().manual_seed(0)
@@ -206,6 +236,8 @@ def main(argv=None) -> dict:
             }
             if ort is not None:
                 runs["onnxruntime"] = (make_onnx_run(ort, prompt.cpu().numpy(), args.new_tokens), model)
+            if ort_int8 is not None:
+                runs["onnxruntime int8"] = (make_onnx_run(ort_int8, prompt.cpu().numpy(), args.new_tokens), None)
             times = {name: float("inf") for name in runs}
             ids = {}
             for name, (run, _) in runs.items():  # warm-up
@@ -216,7 +248,10 @@ def main(argv=None) -> dict:
                     times[name] = min(times[name], seconds)
             for name, (_, variant_model) in runs.items():
                 step_ms = times[name] / args.new_tokens * 1e3
-                floor_bytes = weight_bytes_per_step(variant_model, batch)
+                if variant_model is None:  # the int8 ONNX graphs: count their own initializers
+                    floor_bytes = onnx_weight_bytes_per_step(onnx_int8_dir.name, batch)
+                else:
+                    floor_bytes = weight_bytes_per_step(variant_model, batch)
                 floor_ms = floor_bytes / (bandwidth * 1e9) * 1e3
                 results.append(
                     {
@@ -229,11 +264,12 @@ def main(argv=None) -> dict:
                         "bandwidth_gbs": bandwidth,
                         "floor_ms_per_step": floor_ms,
                         "x_floor": step_ms / floor_ms,
-                        "same_ids_as_nn_lstm": ids[name] == ids["nn.LSTM step"] if name != "direct int8" else None,
+                        "same_ids_as_nn_lstm": ids[name] == ids["nn.LSTM step"] if name not in INT8_VARIANTS else None,
                     }
                 )
-    if onnx_dir is not None:
-        onnx_dir.cleanup()
+    for folder in (onnx_dir, onnx_int8_dir):
+        if folder is not None:
+            folder.cleanup()
     report(results, facts, args)
     return {"facts": facts, "results": results}
 
