@@ -499,5 +499,7 @@ def test_decode_benchmark_smoke_variants_agree(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     rows = json.loads(out.read_text())["results"]
-    assert {row["variant"] for row in rows} == {"nn.LSTM step", "direct step", "direct int8", "onnxruntime"}
-    assert all(row["same_ids_as_nn_lstm"] for row in rows if row["variant"] != "direct int8")
+    int8 = {"direct int8", "onnxruntime int8"}  # different logits by design: their ids are not compared
+    assert {row["variant"] for row in rows} == {"nn.LSTM step", "direct step", "onnxruntime"} | int8
+    assert all(row["same_ids_as_nn_lstm"] for row in rows if row["variant"] not in int8)
+    assert all(row["same_ids_as_nn_lstm"] is None for row in rows if row["variant"] in int8)
