@@ -23,7 +23,6 @@ from transformers.generation import GenerationMixin
 from transformers.modeling_outputs import SequenceClassifierOutputWithPast
 from transformers.modeling_utils import PreTrainedModel, slice_logits_to_keep
 from transformers.utils import ModelOutput, logging
-from transformers.utils.deprecation import deprecate_kwarg
 
 from .configuration_lstmlm import LSTMLMConfig
 
@@ -123,6 +122,29 @@ def _dropout(x: torch.Tensor, p: float, training: bool, variational: bool) -> to
         return F.dropout(x, p, training=True)
     mask = x.new_empty(x.shape[0], 1, x.shape[2]).bernoulli_(1 - p) / (1 - p)  # (batch, 1, dim)
     return x * mask
+
+
+_CACHE_ALIASES = ("past_key_values", "cache_params")
+
+
+def _cache_argument(cache, kwargs: dict, func_name: str):
+    """`cache`, or the state passed under a deprecated name (`past_key_values`, `cache_params`), popped from `kwargs`.
+
+    What transformers' `deprecate_kwarg(..., new_name="cache")` does, inline: the wrapper costs a few microseconds on
+    every call, and the forward and `prepare_inputs_for_generation` run once per generated token.
+    """
+    for old_name in _CACHE_ALIASES:
+        if old_name in kwargs:
+            value = kwargs.pop(old_name)
+            if cache is None:
+                warnings.warn(
+                    f"`{old_name}` is deprecated for `{func_name}`: use `cache` instead", FutureWarning, stacklevel=3
+                )
+                cache = value
+            else:
+                message = f"Both `{old_name}` and `cache` are set for `{func_name}`; using `cache`"
+                warnings.warn(message, FutureWarning, stacklevel=3)
+    return cache
 
 
 def _check_cache_batch(state, batch_size: int) -> None:
@@ -511,8 +533,6 @@ class LSTMLMModel(LSTMLMPreTrainedModel):
             return functional_call(layer, {"weight_hh_l0": dropped}, (x, state))
         return layer(x, state)
 
-    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
-    @deprecate_kwarg("cache_params", "5.40.0", new_name="cache")
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -536,6 +556,8 @@ class LSTMLMModel(LSTMLMPreTrainedModel):
         use_cache (`bool`, *optional*):
             Return the state after the last position as `cache` (default: `config.use_cache` in eval mode).
         """
+        if kwargs:
+            cache = _cache_argument(cache, kwargs, "LSTMLMModel.forward")
         output_hidden_states = (
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
@@ -719,8 +741,6 @@ class LSTMLMForCausalLM(LSTMLMPreTrainedModel, GenerationMixin):
     def set_output_embeddings(self, new_embeddings: nn.Linear):
         self.lm_head = new_embeddings
 
-    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
-    @deprecate_kwarg("cache_params", "5.40.0", new_name="cache")
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -741,6 +761,8 @@ class LSTMLMForCausalLM(LSTMLMPreTrainedModel, GenerationMixin):
         logits_to_keep (`int` or `torch.Tensor`, *optional*, defaults to 0):
             Compute logits only for the last `logits_to_keep` positions (0 keeps all); `generate` uses 1.
         """
+        if kwargs:
+            cache = _cache_argument(cache, kwargs, "LSTMLMForCausalLM.forward")
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         if (
             input_ids is not None
@@ -843,8 +865,6 @@ class LSTMLMForCausalLM(LSTMLMPreTrainedModel, GenerationMixin):
             return
         model_kwargs["cache"] = LSTMLMCache(config=self.config)
 
-    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
-    @deprecate_kwarg("cache_params", "5.40.0", new_name="cache")
     def prepare_inputs_for_generation(
         self,
         input_ids: torch.LongTensor,
@@ -855,6 +875,7 @@ class LSTMLMForCausalLM(LSTMLMPreTrainedModel, GenerationMixin):
         is_first_iteration: bool | None = False,
         **kwargs,
     ):
+        cache = _cache_argument(cache, kwargs, "prepare_inputs_for_generation")
         if is_first_iteration and isinstance(cache, LSTMLMCache) and cache.seen_tokens > 0:
             # Resuming from a returned state: feed only the tokens it has not consumed yet.
             if inputs_embeds is not None:

@@ -200,6 +200,22 @@ def test_causal_lm_decoding_step_shortcut_equals_the_backbone_path():
             model(_ids(3, 1), cache=cache_a, use_cache=True)
 
 
+def test_deprecated_cache_argument_names_still_work():
+    model = _model()
+    with torch.no_grad():
+        cache = model(_ids(1, 3), use_cache=True).cache
+        expected = model(_ids(1, 1), cache=copy.deepcopy(cache), use_cache=True).logits
+        for name in ("past_key_values", "cache_params"):
+            with pytest.warns(FutureWarning, match=f"`{name}` is deprecated for `LSTMLMForCausalLM.forward`"):
+                got = model(_ids(1, 1), use_cache=True, **{name: copy.deepcopy(cache)}).logits
+            torch.testing.assert_close(got, expected, rtol=0, atol=0)
+            with pytest.warns(FutureWarning, match=f"`{name}` is deprecated for `LSTMLMModel.forward`"):
+                model.model(_ids(1, 1), **{name: copy.deepcopy(cache)})
+        with pytest.warns(FutureWarning, match="Both `past_key_values` and `cache` are set"):
+            got = model(_ids(1, 1), cache=copy.deepcopy(cache), past_key_values=None, use_cache=True).logits
+        torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
+
 def test_decode_step_outputs_do_not_alias_the_cache():
     model = _model()
     out = model(_ids(1, 3), use_cache=True)
