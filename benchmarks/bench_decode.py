@@ -8,7 +8,7 @@ and on onnxruntime?
 Greedy decoding of one random LSTMLM (H=512, L=2, V=8192 unless changed), exactly `--new_tokens` new tokens per row
 (no eos), measured side by side in one process, variants interleaved, best of `--repeats`:
   - `nn.LSTM step`: `generate()` with `model.model.direct_decode = False` (each decoding step through `nn.LSTM`);
-  - `direct step`: `generate()` as shipped (each step: two matmuls per layer on the same parameters, then the gates);
+  - `direct step`: `generate()` as shipped (each step: ATen's one-step LSTM cell per layer on the same parameters);
   - `direct int8`: the same after `quantization.quantize_model` (int8 LSTM and output weights);
   - `onnxruntime`: `OnnxLSTMLM.greedy_generate` on the exported prefill/decode-step graphs (CPU only);
   - `onnxruntime int8`: the same on the int8 graphs of `onnx_export.quantize_onnx` (onnxruntime's dynamic quantizer).

@@ -1,12 +1,13 @@
-"""Int8 weights for CPU inference, in one call: `quantize_model(model)`.
+"""Int8 weights for CPU inference, in one call: `quantize_model(model)`, or `from_pretrained(folder, quantize="int8")`.
 
 The LSTM layers and the output layer get int8 weights (symmetric, one float scale per output row) and run on torch's
-dynamic-quantization kernel (`torch.ops.quantized.linear_dynamic`: fbgemm / oneDNN on x86, qnnpack on ARM), which
-quantizes the activations on the fly; the embedding (one row read per token) and the optional projection stay in
-floating point. Single-token decoding stays a direct step (two int8 matmuls per layer, then the gate math); prompts
-and other multi-token forwards run the fused LSTM kernel on the dequantized weights. The weight bytes read per token
-drop about 4x; the folder shrinks less, since the float embedding stays (and a tied output layer gets its own int8
-copy).
+dynamic-quantization kernels (`torch.ops.quantized.linear_dynamic` and `quantized_lstm_cell_dynamic`: fbgemm / oneDNN
+on x86, qnnpack on ARM), which quantize the activations on the fly; the embedding (one row read per token) and the
+optional projection stay in floating point. Single-token decoding stays a direct step (one quantized LSTM-cell call
+per layer: two int8 matmuls and the gate math); prompts and other multi-token forwards run the fused LSTM kernel on
+the dequantized weights. The weight bytes read per token drop about 4x; the folder shrinks less, since the float
+embedding stays (and a tied output layer gets its own int8 copy). For the fastest int8 on a CPU, see
+`onnx_export.quantize_onnx` (onnxruntime).
 
 `quantize_model` records `{"method": "int8", ...}` in `model.config.quantization`; `save_pretrained` then writes a
 folder of int8 weights that `AutoModelForCausalLM.from_pretrained` (or `trust_remote_code=True`) loads as int8: the
