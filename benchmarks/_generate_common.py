@@ -37,21 +37,26 @@ DEFAULT_LSTM = {"vocab_size": 8192, "hidden_size": 512, "num_hidden_layers": 2}
 # ---------------------------------------------------------------- machine facts and tables
 
 
+def cpu_name() -> str:
+    """The CPU's model name from /proc/cpuinfo (Linux), else what `platform` knows, else "unknown"."""
+    try:
+        match = re.search(r"model name\s*:\s*(.+)", Path("/proc/cpuinfo").read_text())
+        if match:
+            return match.group(1).strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
 def machine_facts(threads: int) -> dict:
     import transformers
 
-    cpu = platform.processor() or ""
-    try:
-        match = re.search(r"model name\s*:\s*(.+)", Path("/proc/cpuinfo").read_text())
-        cpu = match.group(1).strip() if match else cpu
-    except OSError:
-        pass
     try:
         load = os.getloadavg()[0]
     except OSError:
         load = float("nan")
     return {
-        "cpu": cpu or "unknown",
+        "cpu": cpu_name(),
         "logical cores": os.cpu_count(),
         "torch threads per run": threads,
         "load average (1 min) at start": round(load, 2),

@@ -25,7 +25,6 @@ import argparse
 import copy
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -36,6 +35,7 @@ sys.path.insert(0, str(REPO_ROOT))
 
 import torch  # noqa: E402
 import transformers  # noqa: E402
+from _generate_common import cpu_name  # noqa: E402
 
 from modeling_lstmlm import LSTMLMConfig, LSTMLMForCausalLM  # noqa: E402
 from modeling_lstmlm.quantization import quantize_model  # noqa: E402
@@ -74,16 +74,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def machine_facts(args) -> dict:
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     facts = {
-        "cpu": cpu,
+        "cpu": cpu_name(),
         "logical_cores": os.cpu_count(),
         "torch": torch.__version__,
         "transformers": transformers.__version__,

@@ -210,17 +210,10 @@ def run_side_by_side(specs: list[dict]) -> list[dict]:
 def machine_facts(threads: int) -> dict:
     import torch
     import transformers
+    from _generate_common import cpu_name
 
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     return {
-        "cpu": cpu,
+        "cpu": cpu_name(),
         "logical cores": os.cpu_count(),
         "torch threads per run": threads,
         "load average (1 min) at start": round(os.getloadavg()[0], 2),

@@ -28,6 +28,7 @@ if importlib.util.find_spec("modeling_lstmlm") is None:  # a checkout without `p
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 import transformers  # noqa: E402
+from _generate_common import cpu_name  # noqa: E402
 from torch import nn  # noqa: E402
 from transformers import TrainerCallback, TrainingArguments  # noqa: E402
 from transformers.utils import logging  # noqa: E402
@@ -54,16 +55,8 @@ def parse_args(argv=None):
 
 
 def machine_facts(threads: int) -> dict:
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     return {
-        "cpu": cpu,
+        "cpu": cpu_name(),
         "logical cores": os.cpu_count(),
         "torch threads": threads,
         "load average (1 min)": round(os.getloadavg()[0], 2),
