@@ -10,6 +10,25 @@ from modeling_lstmlm import LSTMLMConfig, LSTMLMForCausalLM
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
+def matmul_atol(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> float:
+    """Tolerance for `x @ weight.T` computed twice with different shapes or kernels (rtol=0 alongside it).
+
+    BLAS libraries split and order a dot product's K terms by shape and CPU (MKL on AMD rounds a 1-row and a 7-row
+    product differently), so bit equality is not portable. Each order's result lies within gamma_K * sum|x_k w_k| of
+    the exact value (Higham's bound, gamma_K = K*u / (1 - K*u), u = eps/2 of the dtype); two orders differ by at most
+    twice that. A bias counts as one more term. The bound is taken over all outputs, in float64 so that it is not itself
+    rounded.
+    """
+    k = x.shape[-1] + (bias is not None)
+    u = torch.finfo(x.dtype).eps / 2
+    gamma = k * u / (1 - k * u)
+    magnitude = x.detach().abs().double() @ weight.detach().abs().double().T
+    if bias is not None:
+        magnitude = magnitude + bias.detach().abs().double()
+    magnitude = magnitude.max()
+    return float(2 * gamma * magnitude)
+
+
 def make_tiny_config(**overrides) -> LSTMLMConfig:
     """A config small enough for fast tests; dropouts are off unless a test turns them on."""
     values = dict(
