@@ -48,6 +48,136 @@ def cpu_name() -> str:
     return platform.processor() or "unknown"
 
 
+_ISA_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "amx_tile")
+
+
+def cpu_facts() -> dict:
+    """What decides the speed of a CPU kernel: vendor, model, the vector ISA flags that matter, the last-level cache,
+    and the BLAS / oneDNN builds that torch and numpy carry (from `torch.__config__.show()` and numpy's config)."""
+    facts = {"cpu": cpu_name(), "vendor": "unknown", "isa": "unknown", "last-level cache": "unknown"}
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+        vendor = re.search(r"vendor_id\s*:\s*(.+)", info)
+        flags = re.search(r"flags\s*:\s*(.+)", info)
+        facts["vendor"] = vendor.group(1).strip() if vendor else "unknown"
+        if flags:
+            present = set(flags.group(1).split())
+            facts["isa"] = " ".join(f for f in _ISA_FLAGS if f in present) or "none of " + ", ".join(_ISA_FLAGS)
+    except OSError:
+        pass
+    facts["last-level cache"] = f"{_llc_bytes() / 2**20:g} MiB"
+    config = torch.__config__.show()
+    blas = re.search(r"BLAS_INFO=(\w+)", config)
+    mkl = re.search(r"Math Kernel Library Version ([\w.-]+)", config)
+    onednn = re.search(r"MKL-DNN v([\w.]+)", config)
+    capability = re.search(r"CPU capability usage: (\w+)", config)
+    facts["torch BLAS"] = (blas.group(1) if blas else "unknown") + (f" {mkl.group(1)}" if mkl else "")
+    facts["torch oneDNN"] = onednn.group(1) if onednn else "none"
+    facts["torch CPU capability"] = capability.group(1) if capability else "unknown"
+    try:
+        import numpy
+
+        blas_info = numpy.show_config(mode="dicts")["Build Dependencies"]["blas"]
+        facts["numpy BLAS"] = f"{blas_info.get('name')} {blas_info.get('version')}"
+    except Exception:  # noqa: BLE001 - an older numpy without dict config: leave it out
+        pass
+    try:
+        import onnxruntime
+
+        facts["onnxruntime"] = onnxruntime.__version__
+    except ImportError:
+        facts["onnxruntime"] = "not installed"
+    return facts
+
+
+def _llc_bytes() -> int:
+    for index in (3, 2):
+        size = Path(f"/sys/devices/system/cpu/cpu0/cache/index{index}/size")
+        if size.exists():
+            text = size.read_text().strip().upper()
+            scale = {"K": 2**10, "M": 2**20}.get(text[-1], 1)
+            return int(text.rstrip("KM")) * scale
+    return 32 * 2**20
+
+
+def read_bandwidth(threads: int, sizes_mib: tuple[int, ...] | None = None, repeats: int = 5) -> dict:
+    """STREAM-style pure read bandwidth of main memory, in GB/s (1e9 bytes per second).
+
+    For each buffer size (default: 2x, 4x and 8x the last-level cache, at least 64 MiB, so nothing is served from
+    cache) and each read kernel (`torch.sum`; numpy/OpenBLAS `dot` of the buffer's two halves when threadpoolctl can
+    hold it to `threads`), the best of `repeats` passes; per size the fastest kernel; the figure is the median over the
+    sizes. A floor computed from it (bytes / bandwidth) is what any kernel that must read those bytes from memory
+    cannot beat; it does not depend on the kernels under test.
+    """
+    import numpy as np
+
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        threadpool_limits = None
+    if sizes_mib is None:
+        base = max(64, 2 * _llc_bytes() // 2**20)
+        sizes_mib = (base, 2 * base, 4 * base)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    per_size = {}
+    try:
+        for mib in sizes_mib:
+            buffer = torch.rand(mib * 2**20 // 4)  # float32
+            half = buffer.numel() // 2
+            array = buffer.numpy()
+            kernels = {"torch.sum": buffer.sum}
+            if threadpool_limits is not None:
+                first, second = array[:half], array[half : 2 * half]
+                kernels["numpy dot"] = lambda first=first, second=second: np.dot(first, second)
+            rates = {}
+            for name, kernel in kernels.items():
+                limiter = threadpool_limits(threads) if threadpool_limits is not None else contextlib.nullcontext()
+                with limiter:
+                    kernel()
+                    best = float("inf")
+                    for _ in range(repeats):
+                        start = time.perf_counter()
+                        kernel()
+                        best = min(best, time.perf_counter() - start)
+                rates[name] = buffer.numel() * 4 / best / 1e9
+            per_size[mib] = rates
+    finally:
+        torch.set_num_threads(previous)
+    best_per_size = [max(rates.values()) for rates in per_size.values()]
+    return {"gbs": statistics.median(best_per_size), "per_size_gbs": per_size}
+
+
+def peak_gflops(threads: int, n: int = 1024, repeats: int = 5) -> float:
+    """Float32 multiply-add throughput of a large square matrix product (the best of torch's and numpy's BLAS), in
+    GFLOP/s: the compute roof that batched decoding steps (8, 16 rows) approach."""
+    import numpy as np
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    a = torch.rand(n, n)
+    try:
+        from threadpoolctl import threadpool_limits
+
+        limiter = threadpool_limits(threads)
+        products = {"torch.mm": lambda: a @ a, "numpy": lambda: np.matmul(a.numpy(), a.numpy())}
+    except ImportError:
+        limiter = contextlib.nullcontext()
+        products = {"torch.mm": lambda: a @ a}
+    best = float("inf")
+    try:
+        with limiter:
+            for product in products.values():
+                product()
+                for _ in range(repeats):
+                    start = time.perf_counter()
+                    product()
+                    best = min(best, time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(previous)
+    return 2 * n**3 / best / 1e9
+
+
 def machine_facts(threads: int) -> dict:
     import transformers
 
