@@ -405,6 +405,9 @@ def chat_generation_config(model: PreTrainedModel, tokenizer) -> GenerationConfi
     config.eos_token_id = eos_ids
     config.pad_token_id = tokenizer.pad_token_id
     config.bos_token_id = tokenizer.bos_token_id
+    # Sampling by default (temperature 0.8, top_p 0.95), so a request's temperature means something; greedy with
+    # `do_sample=False`.
+    config.do_sample, config.temperature, config.top_p, config.top_k = True, 0.8, 0.95, 0
     model.config.use_cache = True
     return config
 

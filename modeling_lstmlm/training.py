@@ -513,7 +513,20 @@ def build_model(model_args: ModelArguments, tokenizer) -> LSTMLMForCausalLM:
     generation.bos_token_id = tokenizer.bos_token_id
     generation.eos_token_id = tokenizer.eos_token_id
     generation.pad_token_id = tokenizer.pad_token_id
+    set_sampling_defaults(generation)
     return model
+
+
+def set_sampling_defaults(generation_config, temperature: float = 0.8, top_p: float = 0.95):
+    """Make a saved generation config sample (`do_sample=True`, `temperature`, `top_p`, no top-k), so that a
+    request's sampling parameters mean something to `generate()` and to the server (`modeling_lstmlm.serving`):
+    without `do_sample`, `generate()` ignores a temperature and `transformers serve` warns that it is invalid.
+    `generate(..., do_sample=False)` stays greedy."""
+    generation_config.do_sample = True
+    generation_config.temperature = temperature
+    generation_config.top_p = top_p
+    generation_config.top_k = 0
+    return generation_config
 
 
 def build_datasets(splits: dict, data_args: DataArguments, training_args: TrainingArguments) -> tuple:
