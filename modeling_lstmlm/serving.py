@@ -1030,3 +1030,5 @@ __all__ = [
     "parse_completion_request",
     "serve_main",
 ]
+if __name__ == "__main__":
+    serve_main()
