@@ -92,7 +92,7 @@ def time_bare(args, stream) -> float:
     model = BareLSTMLM(args.vocab_size, args.hidden_size, args.num_layers, args.dropout).train()
     optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
     streams = BPTTStreams(stream, args.batch_size, args.bptt)
-    data = streams.streams  # (batch, tokens)
+    data = torch.stack([streams.stream(s) for s in range(args.batch_size)])  # (batch, tokens)
     hidden = None
     total = args.warmup + args.steps
     for step in range(total):

@@ -29,9 +29,14 @@ Example:
 from __future__ import annotations
 
 import hashlib
+import itertools
+import json
 import os
+import re
+import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -180,6 +185,488 @@ def tokenize_text(text: str, tokenizer, cache_dir: str | os.PathLike | None = No
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+# Token files: corpora of any size, tokenized once in bounded memory
+#
+# A split is tokenized piece by piece into `tokens-<key>.bin` (the raw ids, uint16 when the vocabulary fits, else
+# uint32), `tokens-<key>.docs.bin` (int64: where each document's <bos> is) and the manifest `tokens-<key>.json`
+# (tokenizer fingerprint, dtype, counts, the sources with their sizes, mtimes and the sha256 of the text read).
+# Everything is written under temporary names and renamed, the manifest last, so a half-written cache is never used.
+# Training reads the ids through `np.memmap` (`TokenFile.ids`): nothing in memory grows with the corpus.
+
+TOKEN_FILE_VERSION = 1
+PIECE_BYTES = 4 << 20  # bytes read from a file at a time
+SEGMENT_CHARS = 64 << 10  # characters per encoded segment (cut at a safe point)
+BATCH_CHARS = 2 << 20  # characters per `encode_batch` call (the tokenizer's threads share a batch)
+
+# A safe place to cut text into separately tokenized segments: after a non-whitespace character that is followed by
+# a space or a newline. Byte-level (GPT-2 style) pre-tokenization, and any pre-tokenization that splits on whitespace,
+# never joins the two sides of such a cut into one pre-token, so the segments' ids are exactly the whole text's.
+# Each tokenizer is checked on `_CUT_PROBE` first; one that fails (e.g. a prefix space added to every input) is fed
+# whole documents instead.
+_CUT = re.compile(r"\S(?=[ \n])")
+_CUT_PROBE = (
+    "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\n  Speak,  speak.\t(tab) \n"
+    " = Valkyria Chronicles III = \n \n Senjō no Valkyria 3 : 1,234.5 km² don't I'm 🙂 <|endoftext|> end\r\nx\n\n\n"
+    "  \n last"
+)
+
+
+def _cut_segments(text: str, size: int) -> list[str]:
+    """`text` cut at safe points into segments of at least `size` characters (the last may be shorter)."""
+    segments, start = [], 0
+    while len(text) - start > size:
+        match = _CUT.search(text, start + size - 1)
+        if match is None:
+            break
+        segments.append(text[start : match.end()])
+        start = match.end()
+    segments.append(text[start:])
+    return segments
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    """uint16 when every id fits (vocab_size <= 65536), else uint32."""
+    return np.dtype(np.uint16 if vocab_size <= np.iinfo(np.uint16).max + 1 else np.uint32)
+
+
+class TokenEncoder:
+    """Token ids of many texts at once, through the Rust tokenizer's batch API (its threads share a batch).
+
+    Uses a private copy of the fast tokenizer's backend (no truncation, no padding, no special tokens added), or the
+    tokenizer's own batch call for a slow tokenizer. `can_cut` says whether texts may be cut at safe points
+    (`_CUT`) and tokenized in segments with the same ids as the whole text: checked on a probe text.
+    """
+
+    def __init__(self, tokenizer):
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        if backend is not None:
+            from tokenizers import Tokenizer
+
+            backend = Tokenizer.from_str(backend.to_str())
+            backend.no_truncation()
+            backend.no_padding()
+            encode = getattr(backend, "encode_batch_fast", backend.encode_batch)
+            self._encode = lambda texts: [encoding.ids for encoding in encode(texts, add_special_tokens=False)]
+        else:
+            self._encode = lambda texts: tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+        self.vocab_size = len(tokenizer)
+        self.can_cut = self._check_cuts(tokenizer)
+
+    def encode(self, texts: list[str]) -> list[list[int]]:
+        return self._encode(texts) if texts else []
+
+    def _check_cuts(self, tokenizer) -> bool:
+        added = getattr(tokenizer, "added_tokens_decoder", None) or {}
+        if any(getattr(token, "lstrip", False) or getattr(token, "rstrip", False) for token in added.values()):
+            return False  # a special token that swallows the whitespace next to it could straddle a cut
+        whole = self.encode([_CUT_PROBE])[0]
+        pieces = self.encode(_cut_segments(_CUT_PROBE, 1))
+        return [i for ids in pieces for i in ids] == whole
+
+
+class _TokenWriter:
+    """Appends documents (`<bos> + tokens(text)`) to a sink, encoding a batch on a worker thread while the next one
+    is read and cut (the tokenizer releases the GIL). The sink gets `(ids, doc_starts)` arrays in stream order."""
+
+    def __init__(self, encoder: TokenEncoder, bos: int, sink: Callable[[np.ndarray, np.ndarray], None]):
+        self.encoder, self.bos, self.sink = encoder, bos, sink
+        self.dtype = token_dtype(encoder.vocab_size)
+        self.pool = ThreadPoolExecutor(max_workers=1)
+        self.pending: list[str | None] = []  # None: a document starts (its <bos>)
+        self.pending_chars = 0
+        self.in_flight = None
+        self.num_tokens = 0
+        self.num_documents = 0
+        self.num_words = 0
+
+    def add_document(self, pieces: Iterable[str], count_words: bool = False) -> bool:
+        """Queue one document, given as consecutive pieces of its text. Returns whether it had non-blank text."""
+        self.pending.append(None)
+        carry, nonblank, last = "", False, ""
+        for piece in pieces:
+            if not piece:
+                continue
+            last = piece[-1]
+            text = carry + piece
+            if not self.encoder.can_cut:
+                carry = text
+                continue
+            segments = _cut_segments(text, SEGMENT_CHARS)
+            carry = segments.pop()
+            for segment in segments:
+                nonblank = self._add(segment, count_words) or nonblank
+        if carry:
+            nonblank = self._add(carry, count_words) or nonblank
+        if count_words and last and last != "\n":
+            self.num_words += 1  # the last line's end, as `count_words` counts it
+        return nonblank
+
+    def _add(self, segment: str, count_words: bool) -> bool:
+        self.pending.append(segment)
+        self.pending_chars += len(segment)
+        if count_words:  # segments are cut between a word and whitespace: no word straddles two of them
+            self.num_words += len(segment.split()) + segment.count("\n")
+        if self.pending_chars >= BATCH_CHARS:
+            self.flush(wait=False)
+        return not segment.isspace()
+
+    def flush(self, wait: bool = True) -> None:
+        items, self.pending, self.pending_chars = self.pending, [], 0
+        future = self.pool.submit(self.encoder.encode, [item for item in items if item is not None])
+        self._write_in_flight()
+        self.in_flight = (future, items)
+        if wait:
+            self._write_in_flight()
+
+    def _write_in_flight(self) -> None:
+        if self.in_flight is None:
+            return
+        future, items = self.in_flight
+        self.in_flight = None
+        encoded = iter(future.result())
+        lists, starts, offset = [], [], self.num_tokens
+        for item in items:
+            if item is None:
+                starts.append(offset)
+                lists.append((self.bos,))
+                offset += 1
+            else:
+                ids = next(encoded)
+                lists.append(ids)
+                offset += len(ids)
+        count = offset - self.num_tokens
+        ids = np.fromiter(itertools.chain.from_iterable(lists), dtype=self.dtype, count=count)
+        self.sink(ids, np.asarray(starts, dtype=np.int64))
+        self.num_tokens = offset
+        self.num_documents += len(starts)
+
+    def close(self) -> None:
+        self.flush(wait=True)
+        self.pool.shutdown()
+
+
+def _decode(data: bytes, path: Path, offset: int) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(
+            f"Text file {path} is not valid UTF-8 (byte {offset + error.start}: {error.reason})"
+        ) from error
+
+
+def _line_offset(data: bytes, line: int) -> int:
+    """Byte offset in `data` (whole lines) where line `line` starts."""
+    position = 0
+    for _ in range(line):
+        position = data.find(b"\n", position) + 1
+        if position == 0:
+            return len(data)
+    return position
+
+
+def iter_file_text(
+    path: str | os.PathLike, start_line: int = 0, end_line: int = -1, piece_bytes: int = PIECE_BYTES
+) -> Iterator[tuple[str, int]]:
+    """Lines `[start_line, end_line)` of a UTF-8 file (`end_line = -1`: to the end), read in pieces of about
+    `piece_bytes` bytes and yielded as `(text, num_bytes)`, each piece whole lines. The file is never read whole.
+
+    Raises:
+        OSError: the file is missing or unreadable (`FileNotFoundError` names the path).
+        ValueError: the file is empty, not valid UTF-8 (the byte offset is named), or has fewer lines than the range.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"Text file not found: {path}")
+    if path.stat().st_size == 0:
+        raise ValueError(f"Text file {path} is empty")
+    line, offset, rest = 0, 0, b""  # the line index and byte offset of the start of the unread part
+    with open(path, "rb") as file:
+        while True:
+            chunk = file.read(piece_bytes)
+            data = rest + chunk
+            if chunk:
+                cut = data.rfind(b"\n") + 1
+                if cut == 0:  # a line longer than a piece: read on
+                    rest = data
+                    continue
+                data, rest = data[:cut], data[cut:]
+            elif not data:
+                break
+            num_lines = data.count(b"\n") + (0 if data.endswith(b"\n") else 1)
+            low = max(start_line - line, 0)
+            high = num_lines if end_line == -1 else min(end_line - line, num_lines)
+            if low < high:
+                first, last = _line_offset(data, low), _line_offset(data, high)
+                yield _decode(data[first:last], path, offset + first), last - first
+            line += num_lines
+            offset += len(data)
+            if not chunk or (end_line != -1 and line >= end_line):
+                break
+    if start_line >= line or (end_line != -1 and end_line > line):
+        raise ValueError(f"Line range [{start_line}, {end_line}) is outside {path}, which has {line} lines")
+
+
+def count_file_lines(path: str | os.PathLike, piece_bytes: int = PIECE_BYTES) -> int:
+    """Lines of a file as `split_lines` counts them (only `\\n` ends a line; a last line may lack it), read in
+    pieces."""
+    count, last = 0, b"\n"
+    with open(path, "rb") as file:
+        while chunk := file.read(piece_bytes):
+            count += chunk.count(b"\n")
+            last = chunk[-1:]
+    return count + (0 if last == b"\n" else 1)
+
+
+@dataclass(frozen=True)
+class FileDocument:
+    """One document: lines `[start_line, end_line)` of a local UTF-8 file (`end_line = -1`: to the end)."""
+
+    path: str
+    start_line: int = 0
+    end_line: int = -1
+
+    def key(self) -> dict:
+        return {"path": str(Path(self.path).resolve()), "lines": [self.start_line, self.end_line]}
+
+    def state(self) -> dict:
+        stat = Path(self.path).stat()
+        return {**self.key(), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+    def num_bytes(self) -> int:
+        return Path(self.path).stat().st_size
+
+    def pieces(self) -> Iterator[tuple[str, int]]:
+        return iter_file_text(self.path, self.start_line, self.end_line)
+
+
+@dataclass(frozen=True)
+class TextDocument:
+    """One document already in memory (a row of a non-streaming dataset)."""
+
+    text: str
+
+    def key(self) -> dict:
+        return {"sha256": hashlib.sha256(self.text.encode("utf-8")).hexdigest()}
+
+    def state(self) -> dict:
+        return self.key()
+
+    def num_bytes(self) -> int:
+        return len(self.text)
+
+    def pieces(self) -> Iterator[tuple[str, int]]:
+        yield self.text, len(self.text)
+
+
+class TokenFile:
+    """A tokenized split on disk (see `prepare_token_file`), read without loading it.
+
+    Attributes:
+        path (`Path`): the manifest, `tokens-<key>.json`; the ids are in `tokens-<key>.bin`, the documents' starts in
+            `tokens-<key>.docs.bin`.
+        manifest (`dict`): dtype, counts, tokenizer fingerprint, sources, time taken.
+        reused (`bool`): the file was already there (nothing was tokenized).
+    """
+
+    def __init__(self, path: str | os.PathLike, reused: bool = False):
+        self.path = Path(path)
+        self.manifest = json.loads(self.path.read_text())
+        self.reused = reused
+        self.dtype = np.dtype(self.manifest["dtype"])
+        self.num_tokens = int(self.manifest["num_tokens"])
+        for file, count, dtype in (
+            (self.ids_path, self.num_tokens, self.dtype),
+            (self.docs_path, int(self.manifest["num_documents"]), np.dtype(np.int64)),
+        ):
+            if not file.exists() or file.stat().st_size != count * dtype.itemsize:
+                raise ValueError(f"Token file {file} does not match its manifest {self.path}: tokenize again")
+        self._ids = None
+
+    @property
+    def ids_path(self) -> Path:
+        return self.path.with_suffix(".bin")
+
+    @property
+    def docs_path(self) -> Path:
+        return self.path.with_suffix(".docs.bin")
+
+    @property
+    def ids(self) -> np.ndarray:
+        """The token stream, `(num_tokens,)`, memory-mapped read-only (pages are read when touched)."""
+        if self._ids is None:
+            self._ids = np.memmap(self.ids_path, dtype=self.dtype, mode="r", shape=(self.num_tokens,))
+        return self._ids
+
+    @property
+    def doc_starts(self) -> np.ndarray:
+        """Where each document's `<bos>` is in `ids`, memory-mapped."""
+        count = int(self.manifest["num_documents"])
+        return np.memmap(self.docs_path, dtype=np.int64, mode="r", shape=(count,))
+
+    @property
+    def num_words(self) -> int | None:
+        return self.manifest.get("num_words")
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes on disk (ids and document index)."""
+        return self.ids_path.stat().st_size + self.docs_path.stat().st_size
+
+    def summary(self) -> str:
+        """One line: tokens, bytes on disk, time."""
+        m = self.manifest
+        how = (
+            "reused"
+            if self.reused
+            else f"tokenized in {m['seconds']:.1f}s ({m['num_tokens'] / max(m['seconds'], 1e-9):,.0f} tokens/s)"
+        )
+        return (
+            f"{m['name']}: {self.num_tokens:,} tokens from {m['num_text_bytes'] / 2**20:,.1f} MiB of text, "
+            f"{self.nbytes / 2**20:,.1f} MiB on disk ({self.dtype.name}, "
+            f"{m['num_text_bytes'] / max(self.num_tokens, 1):.2f} text bytes/token), {how}: {self.path}"
+        )
+
+
+def _token_file_key(tokenizer, documents_key) -> str:
+    description = {
+        "version": TOKEN_FILE_VERSION,
+        "tokenizer": tokenizer_fingerprint(tokenizer),
+        "documents": documents_key,
+    }
+    return hashlib.sha256(json.dumps(description, sort_keys=True).encode()).hexdigest()[:40]
+
+
+def prepare_token_file(
+    documents: Sequence[FileDocument | TextDocument] | Iterable,
+    tokenizer,
+    cache_dir: str | os.PathLike,
+    name: str = "train",
+    count_words: bool = True,
+    show_progress: bool = False,
+    key: dict | None = None,
+    state: dict | None = None,
+    total_bytes: int | None = None,
+) -> TokenFile:
+    """Tokenize `documents` once into a token file under `cache_dir`, or reuse the one already there.
+
+    Each document becomes `<bos> + tokens(text)`, exactly the ids of `tokenize_documents` (the text is read in pieces
+    and cut at safe points, see `TokenEncoder`). Memory stays bounded whatever the corpus size: a few MB of text and
+    two batches of ids at a time. The file is reused when the tokenizer, the documents and their sources (sizes and
+    mtimes) are unchanged.
+
+    Args:
+        documents: `FileDocument`s / `TextDocument`s, or any iterable of objects with a `pieces()` method yielding
+            `(text, num_bytes)` (then give `key` and `state`).
+        tokenizer: the tokenizer (its bos token, else eos, starts each document).
+        cache_dir: where the files go.
+        name (`str`): the split's name (for the summary and errors).
+        count_words (`bool`): count the words (`count_words`) for word-level perplexity.
+        show_progress (`bool`): a progress bar (bytes of text) through `transformers.utils.logging.tqdm`.
+        key, state (`dict`, *optional*): what names the documents (the cache key) and their current state (the file
+            is re-made when it changes); by default from the documents' own `key()`/`state()`.
+        total_bytes (`int`, *optional*): the progress bar's total.
+
+    Raises:
+        ValueError: the split has no non-blank text, or a source is bad (see `iter_file_text`).
+    """
+    if key is None:
+        documents = list(documents)
+        if not documents:
+            raise ValueError(f"The {name} split has no documents")
+        key = [document.key() for document in documents]
+        state = [document.state() for document in documents]
+        total_bytes = sum(document.num_bytes() for document in documents)
+    cache_dir = Path(cache_dir)
+    stem = f"tokens-{_token_file_key(tokenizer, key)}"
+    manifest_path = cache_dir / f"{stem}.json"
+    if manifest_path.exists():
+        try:
+            token_file = TokenFile(manifest_path, reused=True)
+            if token_file.manifest.get("sources") == state:
+                logger.info(f"Reusing the token file {manifest_path}")
+                return token_file
+        except (ValueError, KeyError, json.JSONDecodeError):
+            pass
+        logger.info(f"The sources of {manifest_path} changed: tokenizing again")
+
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tag = uuid.uuid4().hex
+    tmp_ids, tmp_docs, tmp_manifest = (
+        cache_dir / f"{stem}.{tag}.tmp{suffix}" for suffix in (".bin", ".docs.bin", ".json")
+    )
+    start = time.monotonic()
+    encoder = TokenEncoder(tokenizer)
+    if not encoder.can_cut:
+        logger.warning(
+            "This tokenizer gives different ids when a text is cut at whitespace: each document is tokenized whole "
+            "(memory grows with the longest document)"
+        )
+    text_sha = hashlib.sha256()
+    num_text_bytes = 0
+    try:
+        with open(tmp_ids, "wb") as ids_file, open(tmp_docs, "wb") as docs_file:
+
+            def sink(ids: np.ndarray, starts: np.ndarray) -> None:
+                ids.tofile(ids_file)
+                starts.tofile(docs_file)
+
+            writer = _TokenWriter(encoder, _bos_id(tokenizer), sink)
+            bar = logging.tqdm(
+                total=total_bytes, unit="B", unit_scale=True, desc=f"Tokenizing {name}", disable=not show_progress
+            )
+            nonblank = False
+
+            def pieces(document):
+                nonlocal num_text_bytes
+                for text, num_bytes in document.pieces():
+                    text_sha.update(text.encode("utf-8"))
+                    num_text_bytes += num_bytes
+                    bar.update(num_bytes)
+                    yield text
+
+            try:
+                for document in documents:
+                    nonblank = writer.add_document(pieces(document), count_words=count_words) or nonblank
+                writer.close()
+            finally:
+                writer.pool.shutdown(wait=True)
+                bar.close()
+        if not nonblank:
+            raise ValueError(f"The {name} split is empty")
+        manifest = {
+            "version": TOKEN_FILE_VERSION,
+            "name": name,
+            "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer),
+            "bos_token_id": _bos_id(tokenizer),
+            "dtype": writer.dtype.name,
+            "num_tokens": writer.num_tokens,
+            "num_documents": writer.num_documents,
+            "num_words": writer.num_words if count_words else None,
+            "num_text_bytes": num_text_bytes,
+            "text_sha256": text_sha.hexdigest(),
+            "documents": key,
+            "sources": state,
+            "seconds": time.monotonic() - start,
+        }
+        tmp_manifest.write_text(json.dumps(manifest, indent=1) + "\n")
+        # Data first, manifest last: a manifest that exists always describes complete files.
+        os.replace(tmp_ids, cache_dir / f"{stem}.bin")
+        os.replace(tmp_docs, cache_dir / f"{stem}.docs.bin")
+        os.replace(tmp_manifest, manifest_path)
+    finally:
+        for path in (tmp_ids, tmp_docs, tmp_manifest):
+            path.unlink(missing_ok=True)
+    return TokenFile(manifest_path)
+
+
+def as_long_tensor(ids) -> torch.LongTensor:
+    """A slice of a token stream (torch tensor, numpy array or memmap) as a new int64 tensor."""
+    if isinstance(ids, torch.Tensor):
+        return ids.long()
+    return torch.from_numpy(np.asarray(ids).astype(np.int64))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
 # Splits
 
 
@@ -189,18 +676,25 @@ class TextSplit:
 
     Args:
         name (`str`): "train", "validation" or "test".
-        input_ids (`torch.LongTensor` of shape `(num_tokens,)`): `<bos> + tokens(doc)` for each document.
-        num_words (`int`): words of the text, counted with `count_words`.
+        input_ids (`torch.LongTensor` or `np.ndarray` of shape `(num_tokens,)`): `<bos> + tokens(doc)` for each
+            document; a read-only `np.memmap` of a token file when the split was prepared with a `cache_dir`.
+        num_words (`int`, *optional*): words of the text, counted with `count_words`.
+        token_file (`TokenFile`, *optional*): the token file the ids are mapped from.
     """
 
     name: str
-    input_ids: torch.LongTensor
-    num_words: int
+    input_ids: torch.LongTensor | np.ndarray
+    num_words: int | None
+    token_file: TokenFile | None = None
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.input_ids)
 
     @property
     def num_predicted(self) -> int:
         """Tokens predicted when the stream is scored from its first token: all but the first."""
-        return int(self.input_ids.numel()) - 1
+        return self.num_tokens - 1
 
 
 @dataclass
@@ -330,12 +824,90 @@ def _load_hub_splits(source: DataSource) -> dict[str, list[str]]:
     return splits
 
 
-def load_splits(source: DataSource, tokenizer, cache_dir: str | os.PathLike | None = None) -> dict[str, TextSplit]:
-    """Read, split and tokenize (cached under `cache_dir`) the text described by `source`."""
+def _line_range(spec: str | None) -> tuple[int, int]:
+    return (0, -1) if spec is None else parse_line_range(spec)
+
+
+def split_documents(source: DataSource) -> dict[str, list[FileDocument]]:
+    """The documents of each split of local files, as `FileDocument`s (file + line range): the same splits as
+    `load_split_texts`, found without reading any file whole (only lines are counted, to hold out validation)."""
+    if source.train_files is None:
+        raise ValueError("`split_documents` reads local files: give `train_files`")
+    if not source.train_files:
+        raise ValueError("`train_files` is empty")
+    if not 0 <= source.validation_split_percentage < 100:
+        raise ValueError(f"`validation_split_percentage` must be in [0, 100), got {source.validation_split_percentage}")
+    for path in source.train_files:
+        if not Path(path).exists():
+            raise FileNotFoundError(f"Text file not found: {path}")
+    one_file = len(source.train_files) == 1
+    splits: dict[str, list[FileDocument]] = {}
+    if source.train_lines is not None:
+        if not one_file:
+            raise ValueError("`train_lines` needs exactly one train file")
+        splits["train"] = [FileDocument(source.train_files[0], *_line_range(source.train_lines))]
+    else:
+        splits["train"] = [FileDocument(path) for path in source.train_files]
+    for name, file, lines in (
+        ("validation", source.validation_file, source.validation_lines),
+        ("test", source.test_file, source.test_lines),
+    ):
+        if file is not None:
+            splits[name] = [FileDocument(file, *_line_range(lines))]
+        elif lines is not None:
+            if not one_file:
+                raise ValueError(f"`{name}_lines` without a `{name}_file` needs exactly one train file")
+            splits[name] = [FileDocument(source.train_files[0], *_line_range(lines))]
+    if "validation" not in splits and source.validation_split_percentage > 0:
+        train = splits["train"]
+        if len(train) == 1:  # one text: hold out its last lines
+            doc = train[0]
+            end = count_file_lines(doc.path) if doc.end_line == -1 else doc.end_line
+            num_lines = end - doc.start_line
+            held = max(1, int(num_lines * source.validation_split_percentage / 100))
+            if held >= num_lines:
+                raise ValueError(f"The train text has {num_lines} lines, too few to hold out a validation part")
+            splits["train"] = [FileDocument(doc.path, doc.start_line, end - held)]
+            splits["validation"] = [FileDocument(doc.path, end - held, end)]
+        else:  # several documents: hold out the last ones
+            held = max(1, int(len(train) * source.validation_split_percentage / 100))
+            if held >= len(train):
+                raise ValueError(f"The train split has {len(train)} documents, too few to hold out a validation part")
+            splits["train"], splits["validation"] = train[:-held], train[-held:]
+    return splits
+
+
+def load_splits(
+    source: DataSource,
+    tokenizer,
+    cache_dir: str | os.PathLike | None = None,
+    show_progress: bool = False,
+    count_train_words: bool = True,
+) -> dict[str, TextSplit]:
+    """Read, split and tokenize the text described by `source`.
+
+    With `cache_dir`, each split is tokenized once into a token file there (`prepare_token_file`: local files read in
+    pieces, bounded memory, reused when nothing changed) and its `input_ids` is a read-only memory map of it: corpora
+    of any size. Without, the text is read and tokenized in memory (`load_split_texts`, `tokenize_documents`).
+    `count_train_words=False` skips counting the train split's words (only held-out splits need them).
+    """
+    if cache_dir is None:
+        splits = {}
+        for name, docs in load_split_texts(source).items():
+            ids = tokenize_documents(docs, tokenizer)
+            splits[name] = TextSplit(name=name, input_ids=ids, num_words=sum(count_words(doc) for doc in docs))
+        return splits
+    if source.train_files is not None:
+        documents = split_documents(source)
+    else:  # a (non-streaming) Hub dataset: its rows are in memory already
+        documents = {name: [TextDocument(text) for text in texts] for name, texts in load_split_texts(source).items()}
     splits = {}
-    for name, docs in load_split_texts(source).items():
-        ids = tokenize_documents(docs, tokenizer, cache_dir=cache_dir)
-        splits[name] = TextSplit(name=name, input_ids=ids, num_words=sum(count_words(doc) for doc in docs))
+    for name, docs in documents.items():
+        count = count_train_words or name != "train"
+        token_file = prepare_token_file(
+            docs, tokenizer, cache_dir, name=name, count_words=count, show_progress=show_progress
+        )
+        splits[name] = TextSplit(name, token_file.ids, token_file.num_words, token_file=token_file)
     return splits
 
 
@@ -349,6 +921,15 @@ class TokenWindow(NamedTuple):
 
     tokens: torch.LongTensor
     window: int
+
+
+def _as_stream(input_ids):
+    """A 1-d token stream: numpy arrays (and memory maps) as they are, anything else as a LongTensor."""
+    if isinstance(input_ids, np.ndarray):
+        if input_ids.ndim != 1:
+            raise ValueError(f"A token stream must be 1-d, got shape {input_ids.shape}")
+        return input_ids
+    return torch.as_tensor(input_ids, dtype=torch.long).reshape(-1)
 
 
 def _check_length(num_tokens: int, needed: int, what: str) -> None:
@@ -369,14 +950,14 @@ class TokenBlocks(Dataset):
     ```
     """
 
-    def __init__(self, input_ids: torch.LongTensor, block_size: int):
+    def __init__(self, input_ids: torch.LongTensor | np.ndarray, block_size: int):
         if block_size < 1:
             raise ValueError(f"`block_size` must be >= 1, got {block_size}")
-        input_ids = torch.as_tensor(input_ids, dtype=torch.long).reshape(-1)
-        _check_length(input_ids.numel(), block_size + 1, f"one block of block_size={block_size} (+1 target)")
-        self.input_ids = input_ids
+        input_ids = _as_stream(input_ids)
+        _check_length(len(input_ids), block_size + 1, f"one block of block_size={block_size} (+1 target)")
+        self.input_ids = input_ids  # not copied: a memory-mapped token file stays on disk
         self.block_size = block_size
-        self.num_blocks = (input_ids.numel() - 1) // block_size
+        self.num_blocks = (len(input_ids) - 1) // block_size
 
     def __len__(self) -> int:
         return self.num_blocks
@@ -385,7 +966,7 @@ class TokenBlocks(Dataset):
         if not 0 <= index < self.num_blocks:
             raise IndexError(f"block {index} out of range [0, {self.num_blocks})")
         start = index * self.block_size
-        return TokenWindow(self.input_ids[start : start + self.block_size + 1], 0)
+        return TokenWindow(as_long_tensor(self.input_ids[start : start + self.block_size + 1]), 0)
 
 
 class BPTTStreams(Dataset):
@@ -415,28 +996,35 @@ class BPTTStreams(Dataset):
     ```
     """
 
-    def __init__(self, input_ids: torch.LongTensor, num_streams: int, block_size: int, num_shards: int = 1):
+    def __init__(
+        self, input_ids: torch.LongTensor | np.ndarray, num_streams: int, block_size: int, num_shards: int = 1
+    ):
         for name, value in (("num_streams", num_streams), ("block_size", block_size), ("num_shards", num_shards)):
             if value < 1:
                 raise ValueError(f"`{name}` must be >= 1, got {value}")
-        input_ids = torch.as_tensor(input_ids, dtype=torch.long).reshape(-1)
+        input_ids = _as_stream(input_ids)
         total_streams = num_streams * num_shards
         _check_length(
-            input_ids.numel(),
+            len(input_ids),
             total_streams * block_size + 1,
             f"{total_streams} streams of one {block_size}-token window (+1 target)",
         )
         self.num_streams, self.block_size, self.num_shards = num_streams, block_size, num_shards
-        self.stream_length = (input_ids.numel() - 1) // total_streams  # inputs per stream
+        self.stream_length = (len(input_ids) - 1) // total_streams  # inputs per stream
         self.num_windows = self.stream_length // block_size
-        used = self.num_windows * block_size
-        # (total_streams, used + 1): row s is stream s, its inputs and their targets.
-        starts = torch.arange(total_streams) * self.stream_length
-        self.streams = torch.stack([input_ids[s : s + used + 1] for s in starts.tolist()])
+        # Stream s is input_ids[s * stream_length : s * stream_length + num_windows * block_size + 1]: items are index
+        # views into the one stream (no copy), so under DDP a process only ever reads its own streams' tokens.
         self.input_ids = input_ids
 
     def __len__(self) -> int:
         return self.num_windows * self.num_streams * self.num_shards
+
+    def stream(self, stream: int):
+        """The tokens of stream `stream` (its inputs, and the last input's target): a slice of `input_ids`, no copy."""
+        if not 0 <= stream < self.num_streams * self.num_shards:
+            raise IndexError(f"stream {stream} out of range [0, {self.num_streams * self.num_shards})")
+        start = stream * self.stream_length
+        return self.input_ids[start : start + self.num_windows * self.block_size + 1]
 
     def locate(self, index: int) -> tuple[int, int]:
         """`(stream, window)` of item `index`."""
@@ -448,8 +1036,8 @@ class BPTTStreams(Dataset):
 
     def __getitem__(self, index: int) -> TokenWindow:
         stream, window = self.locate(index)
-        start = window * self.block_size
-        return TokenWindow(self.streams[stream, start : start + self.block_size + 1], window)
+        start = stream * self.stream_length + window * self.block_size
+        return TokenWindow(as_long_tensor(self.input_ids[start : start + self.block_size + 1]), window)
 
 
 class LMCollator:

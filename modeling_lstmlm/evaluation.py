@@ -22,11 +22,12 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from transformers.utils import logging
 
-from .data import count_words, tokenize_text
+from .data import as_long_tensor, count_words, tokenize_text
 from .modeling_lstmlm import LSTMLMCache
 
 logger = logging.get_logger(__name__)
@@ -75,7 +76,7 @@ def _is_lstmlm(model) -> bool:
 @torch.no_grad()
 def score_stream(
     model,
-    input_ids: torch.LongTensor,
+    input_ids: torch.LongTensor | np.ndarray,
     window: int = 256,
     stride: int | None = None,
     show_progress: bool = False,
@@ -90,13 +91,15 @@ def score_stream(
 
     Args:
         model: a causal LM (`LSTMLMForCausalLM` or any transformers causal LM).
-        input_ids (`torch.LongTensor` of shape `(num_tokens,)`): the stream, usually `<bos> + tokens(text)`.
+        input_ids (`torch.LongTensor` or `np.ndarray` of shape `(num_tokens,)`): the stream, usually
+            `<bos> + tokens(text)`; a memory-mapped token file is read window by window (bounded memory).
         window (`int`, defaults to 256): tokens per forward pass.
         stride (`int`, *optional*): for models without a carried state, new tokens scored per forward pass.
         show_progress (`bool`): show a progress bar.
     """
-    input_ids = torch.as_tensor(input_ids, dtype=torch.long).reshape(-1)
-    num_tokens = input_ids.numel()
+    if not isinstance(input_ids, np.ndarray):
+        input_ids = torch.as_tensor(input_ids, dtype=torch.long).reshape(-1)
+    num_tokens = len(input_ids)
     if num_tokens < 2:
         raise ValueError(f"Need at least 2 tokens to score (1 context + 1 target), got {num_tokens}")
     if window < 1:
@@ -116,8 +119,8 @@ def score_stream(
         for first in logging.tqdm(firsts, desc="Scoring", disable=not show_progress):
             last = min(first + stride, num_tokens)
             context_start = first - 1 if stateful else max(0, last - 1 - window)
-            inputs = input_ids[context_start : last - 1][None].to(device)  # (1, <= window)
-            targets = input_ids[first:last].to(device)  # (scored,)
+            inputs = as_long_tensor(input_ids[context_start : last - 1])[None].to(device)  # (1, <= window)
+            targets = as_long_tensor(input_ids[first:last]).to(device)  # (scored,)
             if stateful:
                 logits = model(input_ids=inputs, cache=cache, use_cache=True).logits[0]  # (window, vocab)
             else:

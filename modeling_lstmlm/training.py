@@ -32,6 +32,7 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -562,8 +563,13 @@ def run_training(
     run_args: RunArguments | None = None,
     default_tokenizer: str | os.PathLike = "tokenizer",
     extra_callbacks: list | None = None,
+    report: Callable[[str], None] | None = None,
 ) -> dict:
     """Train (or fine-tune) an LSTMLM with the stock Trainer and write the run folder.
+
+    The text is tokenized once into token files under `data_args.cache_dir` (reused by later runs) and trained on
+    through memory maps, so a corpus of any size trains in flat memory. `report` gets one line per split (tokens,
+    bytes on disk, time; `scripts/train.py` prints them).
 
     `training_args.output_dir` ends up holding the model (loadable with `AutoModelForCausalLM`), the tokenizer
     (`AutoTokenizer`), the generation config, `run_args.json` (every resolved argument), `eval_results.json`
@@ -577,11 +583,22 @@ def run_training(
 
     tokenizer = load_tokenizer(model_args, default_tokenizer)
     with training_args.main_process_first(desc="tokenizing"):
-        splits = load_splits(data_args.source(), tokenizer, cache_dir=cache_dir)
+        # Rank 0 tokenizes into token files under cache_dir (bounded memory); the others then map the same files.
+        splits = load_splits(
+            data_args.source(),
+            tokenizer,
+            cache_dir=cache_dir,
+            show_progress=training_args.process_index == 0 and not training_args.disable_tqdm,
+            count_train_words=False,
+        )
+    if report is not None and training_args.process_index == 0:
+        for split in splits.values():
+            if split.token_file is not None:
+                report(split.token_file.summary())
     model = build_model(model_args, tokenizer)
     train_dataset, eval_dataset = build_datasets(splits, data_args, training_args)
     logger.info(
-        f"Data: {', '.join(f'{name} {split.input_ids.numel():,} tokens' for name, split in splits.items())}; "
+        f"Data: {', '.join(f'{name} {split.num_tokens:,} tokens' for name, split in splits.items())}; "
         f"model: {model.num_parameters():,} parameters"
     )
 
@@ -605,7 +622,10 @@ def run_training(
             "training": training_args.to_dict(),
             "num_parameters": model.num_parameters(),
             "world_size": training_args.world_size,
-            "num_tokens": {name: int(split.input_ids.numel()) for name, split in splits.items()},
+            "num_tokens": {name: split.num_tokens for name, split in splits.items()},
+            "token_files": {
+                name: str(split.token_file.path) for name, split in splits.items() if split.token_file is not None
+            },
         }
         (output_dir / RUN_ARGS_FILE).write_text(json.dumps(resolved, indent=2, default=str) + "\n")
 

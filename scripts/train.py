@@ -121,7 +121,9 @@ def parse_args(argv: list[str] | None = None):
 
 def main(argv: list[str] | None = None) -> dict:
     model_args, data_args, run_args, training_args, script_args = parse_args(argv)
-    results = run_training(model_args, data_args, training_args, run_args, default_tokenizer=REPO_ROOT / "tokenizer")
+    results = run_training(
+        model_args, data_args, training_args, run_args, default_tokenizer=REPO_ROOT / "tokenizer", report=print
+    )
     if training_args.process_index == 0:
         print(f"\nRun folder: {training_args.output_dir}")
         print(f"{'split':<12}{'loss':>10}{'token ppl':>12}{'word ppl':>12}")

@@ -117,7 +117,9 @@ def test_run_training_writes_a_complete_run_folder(tmp_path):
     assert model.generation_config.eos_token_id == 0 and model.generation_config.pad_token_id == 1
     assert AutoTokenizer.from_pretrained(output).bos_token_id == 0
     assert (output / "loss_curve.png").read_bytes()[:8] == PNG_SIGNATURE
-    assert list(tmp_path.joinpath("cache").glob("tokens-*.npy"))
+    assert list(tmp_path.joinpath("cache").glob("tokens-*.bin")) and list(
+        tmp_path.joinpath("cache").glob("tokens-*.json")
+    )
 
     saved = json.loads((output / "eval_results.json").read_text())
     assert saved == pytest.approx(results)
@@ -328,13 +330,14 @@ def test_stateful_evaluation_scores_each_stream_as_one_pass(tmp_path):
     trainer = LMTrainer(model=model, args=args, eval_dataset=valid, data_collator=LMCollator(), stateful_bptt=True)
     eval_loss = trainer.evaluate()["eval_loss"]
     model.eval()
+    streams = torch.stack([valid.stream(s) for s in range(2)])  # (2, windows * 7 + 1)
     with torch.no_grad():
-        logits = model(input_ids=valid.streams[:, :-1]).logits  # (2, windows * 7, vocab): each stream in one pass
-    expected = F.cross_entropy(logits.reshape(-1, 64), valid.streams[:, 1:].reshape(-1)).item()
+        logits = model(input_ids=streams[:, :-1]).logits  # (2, windows * 7, vocab): each stream in one pass
+    expected = F.cross_entropy(logits.reshape(-1, 64), streams[:, 1:].reshape(-1)).item()
     assert eval_loss == pytest.approx(expected, rel=1e-5)
     # Without the carried state (every window from zero) the loss differs: the test can tell.
-    windows = valid.streams[:, :-1].reshape(2, -1, 7).transpose(0, 1).reshape(-1, 7)
-    targets = valid.streams[:, 1:].reshape(2, -1, 7).transpose(0, 1).reshape(-1, 7)
+    windows = streams[:, :-1].reshape(2, -1, 7).transpose(0, 1).reshape(-1, 7)
+    targets = streams[:, 1:].reshape(2, -1, 7).transpose(0, 1).reshape(-1, 7)
     with torch.no_grad():
         cold = F.cross_entropy(model(input_ids=windows).logits.reshape(-1, 64), targets.reshape(-1)).item()
     assert abs(cold - expected) > 1e-3
