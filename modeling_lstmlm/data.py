@@ -43,7 +43,7 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, IterableDataset
 from transformers.utils import logging
 
 logger = logging.get_logger(__name__)
@@ -707,7 +707,13 @@ class DataSource:
         train_lines, validation_lines, test_lines (`str`, *optional*): `"start:end"` line ranges. With a single train
             file and no validation/test file, they cut that file into contiguous splits (e.g. `"0:36000"`,
             `"36000:38000"`, `"38000:40000"`); with a separate file they select lines of that file.
-        dataset_name, dataset_config_name (`str`, *optional*): a dataset on the Hub (or a local dataset folder).
+        dataset_name, dataset_config_name (`str`, *optional*): a dataset on the Hub (or a local dataset folder, or a
+            `datasets` builder such as `"text"` or `"json"` reading `data_files`).
+        data_files (`list[str]` or `dict[str, str | list[str]]`, *optional*): files for the builder (a list: the train
+            split; a dict: split name to files).
+        streaming (`bool`): read the dataset with `load_dataset(..., streaming=True)`: rows are fetched as they are
+            tokenized, never all loaded (`load_streamed_splits`); needs a `cache_dir` in `load_splits`. (Local
+            `train_files` are always read in pieces.)
         text_column (`str`): the column holding the text.
         train_split, validation_split, test_split (`str`): split names of the dataset.
         rows_are_lines (`bool`): the dataset's rows are the lines of one text (WikiText); otherwise each row is a
@@ -724,6 +730,8 @@ class DataSource:
     test_lines: str | None = None
     dataset_name: str | None = None
     dataset_config_name: str | None = None
+    data_files: list[str] | dict | None = None
+    streaming: bool = False
     text_column: str = "text"
     train_split: str = "train"
     validation_split: str = "validation"
@@ -792,7 +800,8 @@ def load_split_texts(source: DataSource) -> dict[str, list[str]]:
 def _load_hub_splits(source: DataSource) -> dict[str, list[str]]:
     import datasets
 
-    loaded = datasets.load_dataset(source.dataset_name, source.dataset_config_name)
+    kwargs = {"data_files": source.data_files} if source.data_files is not None else {}
+    loaded = datasets.load_dataset(source.dataset_name, source.dataset_config_name, **kwargs)
     splits = {}
     for name, split in (
         ("train", source.train_split),
@@ -883,6 +892,7 @@ def load_splits(
     cache_dir: str | os.PathLike | None = None,
     show_progress: bool = False,
     count_train_words: bool = True,
+    tokenize_train: bool = True,
 ) -> dict[str, TextSplit]:
     """Read, split and tokenize the text described by `source`.
 
@@ -890,7 +900,30 @@ def load_splits(
     pieces, bounded memory, reused when nothing changed) and its `input_ids` is a read-only memory map of it: corpora
     of any size. Without, the text is read and tokenized in memory (`load_split_texts`, `tokenize_documents`).
     `count_train_words=False` skips counting the train split's words (only held-out splits need them).
+
+    With `source.streaming`, a dataset is read with `load_dataset(..., streaming=True)` into the same token files
+    (`load_streamed_splits`); local files are read in pieces either way. `tokenize_train=False` leaves the train
+    split out (to train straight from the stream or the files, `StreamedBPTT`).
     """
+    if source.streaming and source.train_files is None:
+        if cache_dir is None:
+            raise ValueError("A streamed dataset is tokenized into token files: give a `cache_dir`")
+        splits = {}
+        for name, split in load_streamed_splits(source).items():
+            if name == "train" and not tokenize_train:
+                continue
+            token_file = prepare_token_file(
+                split,
+                tokenizer,
+                cache_dir,
+                name=name,
+                count_words=count_train_words or name != "train",
+                show_progress=show_progress,
+                key=split.key(),
+                state=split.state(),
+            )
+            splits[name] = TextSplit(name, token_file.ids, token_file.num_words, token_file=token_file)
+        return splits
     if cache_dir is None:
         splits = {}
         for name, docs in load_split_texts(source).items():
@@ -903,6 +936,8 @@ def load_splits(
         documents = {name: [TextDocument(text) for text in texts] for name, texts in load_split_texts(source).items()}
     splits = {}
     for name, docs in documents.items():
+        if name == "train" and not tokenize_train:
+            continue
         count = count_train_words or name != "train"
         token_file = prepare_token_file(
             docs, tokenizer, cache_dir, name=name, count_words=count, show_progress=show_progress
@@ -1063,20 +1098,213 @@ class LMCollator:
         }
 
 
+# ---------------------------------------------------------------------------------------------------------------------
+# Streaming datasets: rows fetched as they are needed (`datasets.load_dataset(..., streaming=True)`)
+
+ROWS_PER_PIECE = 1000  # rows joined into one piece of text when the rows are lines
+
+
+class StreamedSplit:
+    """One split of a dataset read with `datasets.load_dataset(..., streaming=True)`: an iterable of documents
+    (objects with `pieces()`), fetched row by row, never all at once. Each non-blank row is a document, or, with
+    `source.rows_are_lines`, the rows are the lines of one document (each ends with `\\n`), as in `load_split_texts`.
+
+    Args:
+        source (`DataSource`): `dataset_name` (a Hub id, a local dataset folder, or a builder such as `"text"` or
+            `"json"` with `data_files`), `dataset_config_name`, `text_column`, `rows_are_lines`.
+        split (`str`): the dataset's split name.
+        dataset: the `datasets.IterableDataset` of that split.
+    """
+
+    def __init__(self, source: DataSource, split: str, dataset):
+        self.source, self.split, self.dataset = source, split, dataset
+
+    def key(self) -> dict:
+        source = self.source
+        return {
+            "dataset": source.dataset_name,
+            "config": source.dataset_config_name,
+            "split": self.split,
+            "data_files": _data_file_states(source.data_files, with_stat=False),
+            "text_column": source.text_column,
+            "rows_are_lines": source.rows_are_lines,
+        }
+
+    def state(self) -> dict:
+        return {**self.key(), "data_files": _data_file_states(self.source.data_files, with_stat=True)}
+
+    def _texts(self) -> Iterator[str]:
+        column = self.source.text_column
+        for row in self.dataset:
+            if column not in row:
+                raise ValueError(
+                    f"Dataset {self.source.dataset_name!r} has no column {column!r} (it has {sorted(row)})"
+                )
+            text = row[column]
+            if text is not None:
+                yield text
+
+    def __iter__(self):
+        if self.source.rows_are_lines:
+            yield _RowsAsLines(self._texts())
+        else:
+            for text in self._texts():
+                if text.strip():
+                    yield TextDocument(text)
+
+
+class _RowsAsLines:
+    def __init__(self, texts: Iterator[str]):
+        self.texts = texts
+
+    def pieces(self) -> Iterator[tuple[str, int]]:
+        while rows := list(itertools.islice(self.texts, ROWS_PER_PIECE)):
+            text = "".join(row if row.endswith("\n") else row + "\n" for row in rows)
+            yield text, len(text)
+
+
+def _data_file_states(data_files, with_stat: bool):
+    if data_files is None:
+        return None
+    states = []
+    for path in [data_files] if isinstance(data_files, str) else data_files:
+        state = {"path": str(Path(path).resolve()) if Path(path).exists() else str(path)}
+        if with_stat and Path(path).exists():
+            stat = Path(path).stat()
+            state.update(size=stat.st_size, mtime_ns=stat.st_mtime_ns)
+        states.append(state)
+    return states
+
+
+def load_streamed_splits(source: DataSource) -> dict[str, StreamedSplit]:
+    """The train (and validation/test, when the dataset has them) splits of `source.dataset_name`, opened with
+    `datasets.load_dataset(..., streaming=True)`: nothing is downloaded or read until the documents are iterated.
+
+    Raises:
+        ValueError: the dataset has no train split, a line range is asked for (streamed rows have no line numbers),
+            or there is no validation split and `validation_split_percentage > 0` (a stream has no length to take a
+            percentage of: set it to 0 or give a dataset with a validation split).
+    """
+    import datasets
+
+    if source.dataset_name is None:
+        raise ValueError("Streaming reads a `datasets` dataset: give `dataset_name` (e.g. 'text' with `data_files`)")
+    if any(lines is not None for lines in (source.train_lines, source.validation_lines, source.test_lines)):
+        raise ValueError("Line ranges cannot select rows of a streamed dataset; drop `*_lines` or `streaming`")
+    kwargs = {"data_files": source.data_files} if source.data_files is not None else {}
+    loaded = datasets.load_dataset(source.dataset_name, source.dataset_config_name, streaming=True, **kwargs)
+    splits = {}
+    for name, split in (
+        ("train", source.train_split),
+        ("validation", source.validation_split),
+        ("test", source.test_split),
+    ):
+        if split in loaded:
+            splits[name] = StreamedSplit(source, split, loaded[split])
+        elif name == "train":
+            raise ValueError(f"Dataset {source.dataset_name!r} has no split {split!r} (it has {sorted(loaded.keys())})")
+    if "validation" not in splits and source.validation_split_percentage > 0:
+        raise ValueError(
+            f"Dataset {source.dataset_name!r} has no {source.validation_split!r} split, and a streamed dataset has no "
+            "length to hold out a percentage of: set `validation_split_percentage` to 0 (or name a validation split)"
+        )
+    return splits
+
+
+def iter_token_arrays(documents: Iterable, tokenizer) -> Iterator[np.ndarray]:
+    """`<bos> + tokens(doc)` of each document, as consecutive arrays of ids (the same ids as a token file's), in
+    bounded memory: documents are read, cut and encoded in batches as the arrays are consumed."""
+    arrays: list[np.ndarray] = []
+    writer = _TokenWriter(TokenEncoder(tokenizer), _bos_id(tokenizer), lambda ids, starts: arrays.append(ids))
+    try:
+        for document in documents:
+            writer.add_document(text for text, _ in document.pieces())
+            while arrays:
+                yield arrays.pop(0)
+        writer.close()
+        yield from arrays
+    finally:
+        writer.pool.shutdown(wait=True)
+
+
+class StreamedBPTT(IterableDataset):
+    """Training windows read straight from a stream of documents, without a token file: the token stream is taken
+    in chunks of `num_streams * num_shards * windows_per_chunk * block_size + 1` tokens, and each chunk is served as a
+    `BPTTStreams` (same item order, so the same batches, sharding and stateful BPTT within a chunk). Streams restart
+    at every chunk (window 0: a stateful trainer resets the state there). Memory holds one chunk and a batch of text.
+
+    Iterating again starts the stream again from its first document (the Trainer's next epoch, or a resumed run
+    skipping the batches it already trained on: the same windows, since tokenization is deterministic).
+
+    Args:
+        documents: an iterable of documents (re-iterable: a `StreamedSplit`, or a list of `FileDocument`s).
+        tokenizer: the tokenizer.
+        num_streams, block_size, num_shards: as in `BPTTStreams`.
+        windows_per_chunk (`int`, defaults to 64): windows of each stream per chunk.
+    """
+
+    def __init__(
+        self, documents, tokenizer, num_streams: int, block_size: int, num_shards: int = 1, windows_per_chunk: int = 64
+    ):
+        for name, value in (
+            ("num_streams", num_streams),
+            ("block_size", block_size),
+            ("num_shards", num_shards),
+            ("windows_per_chunk", windows_per_chunk),
+        ):
+            if value < 1:
+                raise ValueError(f"`{name}` must be >= 1, got {value}")
+        self.documents, self.tokenizer = documents, tokenizer
+        self.num_streams, self.block_size, self.num_shards = num_streams, block_size, num_shards
+        self.windows_per_chunk = windows_per_chunk
+
+    def chunks(self) -> Iterator[BPTTStreams]:
+        """The stream's chunks, each a `BPTTStreams`; the last, shorter one holds the windows the rest still fills."""
+        rows = self.num_streams * self.num_shards
+        size = rows * self.windows_per_chunk * self.block_size + 1
+        buffer, start = np.empty(0, dtype=token_dtype(len(self.tokenizer))), 0
+        for array in iter_token_arrays(self.documents, self.tokenizer):
+            buffer, start = np.concatenate([buffer[start:], array]), 0
+            while len(buffer) - start >= size:
+                yield BPTTStreams(buffer[start : start + size], self.num_streams, self.block_size, self.num_shards)
+                start += size - 1  # the chunk's last target is the next chunk's first input
+        if len(buffer) - start >= rows * self.block_size + 1:
+            yield BPTTStreams(buffer[start:], self.num_streams, self.block_size, self.num_shards)
+
+    def __iter__(self) -> Iterator[TokenWindow]:
+        for chunk in self.chunks():
+            for index in range(len(chunk)):
+                yield chunk[index]
+
+
 __all__ = [
     "BPTTStreams",
     "DataSource",
+    "FileDocument",
     "LMCollator",
+    "StreamedBPTT",
+    "StreamedSplit",
+    "TextDocument",
     "TextSplit",
+    "TokenEncoder",
+    "TokenFile",
     "TokenBlocks",
     "TokenWindow",
+    "as_long_tensor",
+    "count_file_lines",
     "count_words",
+    "iter_file_text",
+    "iter_token_arrays",
     "load_split_texts",
     "load_splits",
+    "load_streamed_splits",
+    "prepare_token_file",
     "parse_line_range",
     "read_text",
     "select_lines",
+    "split_documents",
     "split_lines",
+    "token_dtype",
     "tokenize_documents",
     "tokenize_text",
     "tokenizer_fingerprint",

@@ -55,7 +55,16 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoin
 from transformers.utils import logging
 
 from .configuration_lstmlm import LSTMLMConfig
-from .data import BPTTStreams, DataSource, LMCollator, TokenBlocks, load_splits
+from .data import (
+    BPTTStreams,
+    DataSource,
+    LMCollator,
+    StreamedBPTT,
+    TokenBlocks,
+    load_splits,
+    load_streamed_splits,
+    split_documents,
+)
 from .evaluation import evaluate_split
 from .modeling_lstmlm import LSTMLMCache, LSTMLMForCausalLM
 
@@ -169,11 +178,13 @@ class LMTrainer(Trainer):
             if self.args.label_smoothing_factor:
                 raise ValueError("Stateful BPTT takes its targets from `shift_labels`: label smoothing is unsupported")
             self.add_callback(BPTTStateCheckpointCallback(self.carried_state))
+            if isinstance(self.train_dataset, StreamedBPTT):  # no sampler to check it in: check it here
+                self._check_streams(self.train_dataset, self._train_batch_size, "train")
 
     # -- data --------------------------------------------------------------------------------------------------------
 
     def _check_streams(self, dataset, batch_size: int, what: str) -> None:
-        if not isinstance(dataset, BPTTStreams):
+        if not isinstance(dataset, (BPTTStreams, StreamedBPTT)):
             raise ValueError(
                 f"Stateful BPTT needs the {what} dataset to be a BPTTStreams, got {type(dataset).__name__}"
             )
@@ -422,8 +433,34 @@ class DataArguments:
     test_lines: str | None = field(
         default=None, metadata={"help": "Lines 'start:end' for test (of the test file, else the train file)."}
     )
-    dataset_name: str | None = field(default=None, metadata={"help": "A dataset on the Hub (via `datasets`)."})
+    dataset_name: str | None = field(
+        default=None,
+        metadata={"help": "A dataset on the Hub (via `datasets`), a local dataset folder, or a builder: text, json."},
+    )
     dataset_config_name: str | None = field(default=None, metadata={"help": "The dataset's configuration name."})
+    data_files: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Files for a `datasets` builder (--dataset_name text or json): PATH (train) or SPLIT=PATH, e.g. "
+            "train=big.txt validation=valid.txt."
+        },
+    )
+    streaming: bool = field(
+        default=False,
+        metadata={
+            "help": "Read --dataset_name with load_dataset(..., streaming=True): rows are fetched as they are "
+            "tokenized, never all loaded (datasets larger than memory or disk); it needs a validation split or "
+            "--validation_split_percentage 0. (--train_file is always read in pieces.) With --no_cache_tokens, "
+            "train straight from the stream or the files."
+        },
+    )
+    cache_tokens: bool = field(
+        default=True,
+        metadata={
+            "help": "Tokenize the train split once into a token file under cache_dir (reused by later runs). With "
+            "--streaming, --no_cache_tokens trains straight from the stream instead (needs --max_steps)."
+        },
+    )
     text_column: str = field(default="text", metadata={"help": "The dataset column that holds the text."})
     rows_are_lines: bool = field(
         default=False, metadata={"help": "The dataset's rows are lines of one text (WikiText), not documents."}
@@ -443,6 +480,18 @@ class DataArguments:
         default=None, metadata={"help": "Where tokenized text is cached (default: `cache` next to output_dir)."}
     )
 
+    def data_files_by_split(self) -> list[str] | dict[str, list[str]] | None:
+        """`data_files` as `datasets` takes them: a list (all train), or split name -> files for `SPLIT=PATH`."""
+        if not self.data_files:
+            return None
+        if not any("=" in entry for entry in self.data_files):
+            return list(self.data_files)
+        by_split: dict[str, list[str]] = {}
+        for entry in self.data_files:
+            split, _, path = entry.rpartition("=")
+            by_split.setdefault(split or "train", []).append(path)
+        return by_split
+
     def source(self) -> DataSource:
         return DataSource(
             train_files=self.train_file,
@@ -453,6 +502,8 @@ class DataArguments:
             test_lines=self.test_lines,
             dataset_name=self.dataset_name,
             dataset_config_name=self.dataset_config_name,
+            data_files=self.data_files_by_split(),
+            streaming=self.streaming,
             text_column=self.text_column,
             rows_are_lines=self.rows_are_lines,
             validation_split_percentage=self.validation_split_percentage,
@@ -530,9 +581,20 @@ def set_sampling_defaults(generation_config, temperature: float = 0.8, top_p: fl
     return generation_config
 
 
-def build_datasets(splits: dict, data_args: DataArguments, training_args: TrainingArguments) -> tuple:
-    """The Trainer's train and eval datasets: `BPTTStreams` when stateful, else shuffled `TokenBlocks`."""
-    if data_args.stateful:
+def build_datasets(splits: dict, data_args: DataArguments, training_args: TrainingArguments, tokenizer=None) -> tuple:
+    """The Trainer's train and eval datasets: `BPTTStreams` when stateful, else shuffled `TokenBlocks`; without a
+    train split in `splits` (`--streaming --no_cache_tokens`), a `StreamedBPTT` read straight from the stream."""
+    if "train" not in splits:
+        source = data_args.source()
+        documents = split_documents(source)["train"] if source.train_files else load_streamed_splits(source)["train"]
+        train = StreamedBPTT(
+            documents,
+            tokenizer,
+            num_streams=training_args.per_device_train_batch_size,
+            block_size=data_args.block_size,
+            num_shards=training_args.world_size,
+        )
+    elif data_args.stateful:
         train = BPTTStreams(
             splits["train"].input_ids,
             num_streams=training_args.per_device_train_batch_size,
@@ -582,6 +644,13 @@ def run_training(
     set_seed(training_args.seed)
 
     tokenizer = load_tokenizer(model_args, default_tokenizer)
+    from_stream = data_args.streaming and not data_args.cache_tokens
+    if from_stream and training_args.max_steps <= 0:
+        raise ValueError(
+            "Training straight from a stream (--no_cache_tokens) needs --max_steps: a stream has no length"
+        )
+    if not data_args.cache_tokens and not data_args.streaming:
+        raise ValueError("--no_cache_tokens trains straight from a stream: it needs --streaming")
     with training_args.main_process_first(desc="tokenizing"):
         # Rank 0 tokenizes into token files under cache_dir (bounded memory); the others then map the same files.
         splits = load_splits(
@@ -590,13 +659,14 @@ def run_training(
             cache_dir=cache_dir,
             show_progress=training_args.process_index == 0 and not training_args.disable_tqdm,
             count_train_words=False,
+            tokenize_train=not from_stream,
         )
     if report is not None and training_args.process_index == 0:
         for split in splits.values():
             if split.token_file is not None:
                 report(split.token_file.summary())
     model = build_model(model_args, tokenizer)
-    train_dataset, eval_dataset = build_datasets(splits, data_args, training_args)
+    train_dataset, eval_dataset = build_datasets(splits, data_args, training_args, tokenizer)
     logger.info(
         f"Data: {', '.join(f'{name} {split.num_tokens:,} tokens' for name, split in splits.items())}; "
         f"model: {model.num_parameters():,} parameters"

@@ -68,6 +68,9 @@ def test_train_smoke_writes_the_run_folder(smoke_run):
     results = json.loads((folder / "eval_results.json").read_text())
     assert results["train_steps"] == 8
     assert "test" in stdout and f"{results['test_word_perplexity']:.2f}" in stdout
+    # One summary line per split's token file: tokens, bytes on disk, time.
+    assert sum(line.startswith(("train: ", "validation: ", "test: ")) and "MiB on disk" in line
+               for line in stdout.splitlines()) == 3  # fmt: skip
     run_args = json.loads((folder / "run_args.json").read_text())
     assert run_args["data"]["stateful"] is True and run_args["model"]["hidden_size"] == 32
 
@@ -128,6 +131,16 @@ def test_demo_smoke_writes_everything(tmp_path):
         assert f"{word_ppl:.2f}" in done.stdout
     assert (output / "loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert AutoModelForCausalLM.from_pretrained(output).config.use_cache is True
+
+
+def test_train_straight_from_the_file_without_a_token_file(tmp_path):
+    """`--streaming --no_cache_tokens`: the train lines are read in pieces and tokenized as training reads them."""
+    output, cache = tmp_path / "run", tmp_path / "cache"
+    run("train.py", "--smoke", "--streaming", "--no_cache_tokens", "--output_dir", output, "--cache_dir", cache)
+    results = json.loads((output / "eval_results.json").read_text())
+    assert results["train_steps"] == 8 and results["train_tokens"] == 8 * 4 * 16
+    names = sorted(json.loads(path.read_text())["name"] for path in cache.glob("tokens-*.json"))
+    assert names == ["test", "validation"]  # the train split never went to disk
 
 
 def test_train_missing_file_is_an_oserror(tmp_path):
