@@ -553,3 +553,17 @@ def test_saved_generation_configs_sample(tokenizer):
     first = model.generate(ids, max_new_tokens=8)
     torch.manual_seed(1)
     assert not torch.equal(first, model.generate(ids, max_new_tokens=8))  # sampled, not greedy
+
+
+@pytest.mark.slow
+def test_bench_serve_quick(tmp_path):
+    """`benchmarks/bench_serve.py --quick --skip_gpt2` runs end to end (two server phases) and prints its table."""
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "benchmarks" / "bench_serve.py"), "--quick", "--skip_gpt2", "--threads", "1"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "| one at a time | 64 |" in result.stdout and "| all at once | 64 |" in result.stdout
