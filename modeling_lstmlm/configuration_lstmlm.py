@@ -44,6 +44,10 @@ class LSTMLMConfig(PreTrainedConfig):
             TAR coefficient (beta): adds `beta * mean((h_top[t] - h_top[t-1]) ** 2)` to the training loss.
         classifier_dropout (`float`, *optional*):
             Dropout before a sequence-classification head; defaults to `output_dropout`.
+        classifier_pooling (`str`, *optional*, defaults to `"last"`):
+            What the sequence-classification head reads: `"last"`, the hidden state of each row's last real token, or
+            `"concat"`, that state concatenated with the max and the mean over the row's real tokens (ULMFiT's concat
+            pooling; the head's input is then `3 * embedding_size` wide).
         initializer_range (`float`, *optional*, defaults to 0.1):
             Embeddings and the output layer are initialised uniformly in `[-initializer_range, initializer_range]`;
             LSTM weights uniformly in `[-1/sqrt(hidden_size), 1/sqrt(hidden_size)]` as in PyTorch.
@@ -83,6 +87,7 @@ class LSTMLMConfig(PreTrainedConfig):
     activation_regularization: float = 0.0
     temporal_activation_regularization: float = 0.0
     classifier_dropout: float | None = None
+    classifier_pooling: str = "last"
     initializer_range: float = 0.1
     use_cache: bool = True
     pad_token_id: int | None = 1
@@ -107,6 +112,8 @@ class LSTMLMConfig(PreTrainedConfig):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
                 raise ValueError(f"`{name}` must be in [0, 1), got {value!r}")
+        if self.classifier_pooling not in ("last", "concat"):
+            raise ValueError(f"`classifier_pooling` must be 'last' or 'concat', got {self.classifier_pooling!r}")
         for name in ("activation_regularization", "temporal_activation_regularization"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:

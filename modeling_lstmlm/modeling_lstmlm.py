@@ -911,7 +911,9 @@ class LSTMLMForCausalLM(LSTMLMPreTrainedModel, GenerationMixin):
 
 class LSTMLMForSequenceClassification(LSTMLMPreTrainedModel):
     """The LSTM backbone with a classification (or regression) head on the hidden state of each row's last real
-    token, found from the attention mask (right or left padding), or from `pad_token_id` when no mask is given.
+    token, found from the attention mask (right or left padding), or from `pad_token_id` when no mask is given. With
+    `config.classifier_pooling="concat"` the head reads that state concatenated with the max and the mean of the
+    hidden states over the row's real tokens (ULMFiT's concat pooling).
 
     Example:
 
@@ -929,7 +931,8 @@ class LSTMLMForSequenceClassification(LSTMLMPreTrainedModel):
         self.model = LSTMLMModel(config)
         dropout = config.classifier_dropout if config.classifier_dropout is not None else config.output_dropout
         self.dropout = nn.Dropout(dropout)
-        self.score = nn.Linear(config.embedding_size, config.num_labels, bias=True)
+        width = config.embedding_size * (3 if config.classifier_pooling == "concat" else 1)
+        self.score = nn.Linear(width, config.num_labels, bias=True)
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Embedding:
@@ -975,6 +978,13 @@ class LSTMLMForSequenceClassification(LSTMLMPreTrainedModel):
         positions = torch.arange(seq_len, device=hidden.device)
         last = torch.where(real, positions, -1).amax(dim=1).clamp(min=0)  # (batch,) last real token
         pooled = hidden[torch.arange(batch_size, device=hidden.device), last]  # (batch, embedding_size)
+        if self.config.classifier_pooling == "concat":
+            mask = real.unsqueeze(-1)  # (batch, seq, 1)
+            count = mask.sum(dim=1).clamp(min=1)  # (batch, 1)
+            mean = hidden.masked_fill(~mask, 0.0).sum(dim=1) / count
+            maximum = hidden.masked_fill(~mask, torch.finfo(hidden.dtype).min).amax(dim=1)
+            maximum = torch.where(mask.any(dim=1), maximum, torch.zeros_like(maximum))  # a row with no real token
+            pooled = torch.cat([pooled, maximum, mean], dim=-1)  # (batch, 3 * embedding_size)
         logits = self.score(self.dropout(pooled))  # (batch, num_labels)
 
         loss = None
