@@ -118,6 +118,41 @@ def load_classification_dataset(
     return DatasetDict({split: splits[split] for split in SPLITS})
 
 
+def label_files_dataset(
+    files: dict[str, str | os.PathLike],
+    fold: int | None = None,
+    num_folds: int = 10,
+    held_out_fraction: float = 0.1,
+    seed: int = 0,
+) -> DatasetDict:
+    """`train` / `validation` / `test` from one plain-text file per label, one example a line (MR's
+    `rt-polarity.{pos,neg}`, SUBJ's `{quote,plot}.tok.gt9.5000`). With `fold`, test is that cross-validation fold
+    (the lines whose 0-based index within their file is congruent to `fold` mod `num_folds`, see
+    `baselines.cv_fold`); otherwise `held_out_fraction` of the lines is held out for test. Validation is always
+    `held_out_fraction` of what remains for training, shuffled with `seed`. Labels are the `files` keys.
+
+    Raises:
+        OSError: a missing file. ValueError: fewer than two labels, an empty line, a bad `fold`.
+    """
+    from .baselines import cv_fold, read_label_files
+
+    examples = read_label_files(files)
+    if fold is not None:
+        train, test = cv_fold(examples, fold, num_folds)
+        pairs = {"train": train, "test": test}
+    else:
+        pairs = {"train": [(text, label) for label, lines in examples.items() for text in lines]}
+    splits = {
+        name: Dataset.from_dict({"text": [t for t, _ in part], "label": [y for _, y in part]})
+        for name, part in pairs.items()
+    }
+    for split in ("test", "validation"):
+        if split not in splits:
+            parts = splits["train"].train_test_split(test_size=held_out_fraction, seed=seed, shuffle=True)
+            splits["train"], splits[split] = parts["train"], parts["test"]
+    return DatasetDict({split: splits[split] for split in SPLITS})
+
+
 def label_maps(dataset: DatasetDict | Dataset) -> tuple[dict[str, int], dict[int, str]]:
     """`(label2id, id2label)` for the `label` column of `dataset` (every split of a `DatasetDict`).
 

@@ -287,6 +287,34 @@ def load_sft_dataset(
     return DatasetDict(train=parts["train"], validation=parts["test"])
 
 
+def parallel_text_dataset(
+    train_files: Sequence[str | os.PathLike],
+    validation_files: Sequence[str | os.PathLike] | None = None,
+    held_out_fraction: float = 0.1,
+    seed: int = 0,
+) -> DatasetDict:
+    """`train` and `validation` splits with `source` and `target` columns from aligned plain-text files (a
+    `(source, target)` pair of paths per split, one sentence a line, as Multi30k's `train.en` / `train.de`); without
+    `validation_files`, `held_out_fraction` of train is held out, shuffled with `seed`.
+
+    Raises:
+        OSError: a missing file. ValueError: files of different line counts, or an empty line.
+    """
+    from .translation import read_parallel
+
+    def as_dataset(paths):
+        pairs = read_parallel(*paths)
+        return Dataset.from_dict({"source": [s for s, _ in pairs], "target": [t for _, t in pairs]})
+
+    train = as_dataset(train_files)
+    if validation_files is not None:
+        return DatasetDict(train=train, validation=as_dataset(validation_files))
+    if not 0 < held_out_fraction <= 0.5:
+        raise ValueError(f"`held_out_fraction` must be in (0, 0.5], got {held_out_fraction!r}")
+    parts = train.train_test_split(test_size=held_out_fraction, seed=seed, shuffle=True)
+    return DatasetDict(train=parts["train"], validation=parts["test"])
+
+
 def shakespeare_dialogues(
     path: str | os.PathLike,
     line_range: tuple[int, int | None] = (0, None),

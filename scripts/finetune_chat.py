@@ -40,6 +40,7 @@ from modeling_lstmlm.sft import (  # noqa: E402
     load_sft_dataset,
     number_translation_pairs,
     pack_examples,
+    parallel_text_dataset,
     run_sft,
     shakespeare_dialogues,
     to_messages,
@@ -59,6 +60,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--task", choices=["chat", "translation"], default="chat", help="What the rows hold.")
     p.add_argument("--train_file", help="JSON/JSONL/CSV training file.")
     p.add_argument("--validation_file", help="Validation file (default: held out from the training file).")
+    p.add_argument(
+        "--parallel_files",
+        nargs=2,
+        metavar=("SOURCE", "TARGET"),
+        help="Task translation: two aligned plain-text files, one sentence a line (e.g. Multi30k train.en train.de).",
+    )
+    p.add_argument(
+        "--validation_parallel_files",
+        nargs=2,
+        metavar=("SOURCE", "TARGET"),
+        help="Aligned validation files (default: held out from --parallel_files).",
+    )
     p.add_argument("--dataset_name", help="A Hub dataset (or local dataset folder) read with datasets.load_dataset.")
     p.add_argument("--dataset_config_name", help="The Hub dataset's configuration name (e.g. en-fr).")
     p.add_argument("--validation_split_name", default="validation", help="The Hub split used for evaluation.")
@@ -98,10 +111,19 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.max_train_examples = args.max_train_examples or 48
     elif args.model_name_or_path is None:
         p.error("--model_name_or_path is required (except with --smoke)")
+    if args.parallel_files and (args.task != "translation" or args.train_file or args.dataset_name):
+        p.error("--parallel_files needs --task translation and excludes --train_file / --dataset_name")
     return args
 
 
 def load_data(args):
+    if args.parallel_files:
+        return parallel_text_dataset(
+            args.parallel_files,
+            args.validation_parallel_files,
+            held_out_fraction=args.held_out_fraction,
+            seed=args.seed,
+        )
     if args.train_file or args.dataset_name:
         return load_sft_dataset(
             train_file=args.train_file,

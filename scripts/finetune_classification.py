@@ -1,15 +1,21 @@
 """Fine-tune the LSTM backbone with a classification head (semantic analysis) using the stock `Trainer`.
 
-Data: a CSV/JSON/JSONL file (`--train_file`, optional `--validation_file` / `--test_file`) or a Hub dataset
-(`--dataset_name`) with a text and a label column; without either, the bundled "who is speaking" task built from
-tiny-shakespeare (`--speaker_lines`, `--speaker_top_k`). Reports accuracy and macro-F1 on the validation and test
-splits next to the majority-class baseline; `--compare_random_init` trains the same head, with the same settings, on
-an untrained backbone of the same shape, so the value of pretraining shows.
+Data: a CSV/JSON/JSONL file (`--train_file`, optional `--validation_file` / `--test_file`), a Hub dataset
+(`--dataset_name`) with a text and a label column, or one plain-text file per label (`--label_files`, the layout of MR
+and SUBJ, bundled under data/; `--fold k` tests on cross-validation fold k); without any, the bundled "who is speaking"
+task built from tiny-shakespeare (`--speaker_lines`, `--speaker_top_k`). Reports accuracy and macro-F1 on the validation
+and test splits next to the majority-class baseline; `--compare_random_init` trains the same head, with the same
+settings, on an untrained backbone of the same shape, so the value of pretraining shows.
 
     python scripts/finetune_classification.py --model_name_or_path runs/lm --compare_random_init \
         --output_dir runs/speakers
     python scripts/finetune_classification.py --model_name_or_path runs/lm --train_file reviews.csv \
         --text_column review --label_column sentiment --output_dir runs/reviews
+    python scripts/finetune_classification.py --model_name_or_path runs/lm --fold 0 \
+        --label_files neg=data/sentence_polarity/rt-polarity.neg pos=data/sentence_polarity/rt-polarity.pos \
+        --output_dir runs/mr-fold0
+    python scripts/finetune_classification.py --model_name_or_path runs/lm \
+        --dataset_name cornell-movie-review-data/rotten_tomatoes --output_dir runs/mr-hub
     python scripts/finetune_classification.py --smoke
 """
 
@@ -35,6 +41,7 @@ from transformers import (  # noqa: E402
 from modeling_lstmlm import LSTMLMConfig, LSTMLMForSequenceClassification  # noqa: E402
 from modeling_lstmlm.classification import (  # noqa: E402
     encode_labels,
+    label_files_dataset,
     label_maps,
     load_classification_dataset,
     run_classification,
@@ -54,6 +61,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--train_file", help="CSV, JSON or JSONL training file with a text and a label column.")
     p.add_argument("--validation_file", help="Validation file (default: held out from the training file).")
     p.add_argument("--test_file", help="Test file (default: held out from the training file).")
+    p.add_argument(
+        "--label_files",
+        nargs="+",
+        metavar="LABEL=PATH",
+        help="One plain-text file per label, one example a line (e.g. neg=data/sentence_polarity/rt-polarity.neg "
+        "pos=data/sentence_polarity/rt-polarity.pos).",
+    )
+    p.add_argument("--fold", type=int, help="With --label_files: test on this cross-validation fold (0-based).")
+    p.add_argument("--num_folds", type=int, default=10, help="Number of cross-validation folds for --fold.")
     p.add_argument("--dataset_name", help="A Hub dataset (or local dataset folder) read with datasets.load_dataset.")
     p.add_argument("--dataset_config_name", help="The Hub dataset's configuration name.")
     p.add_argument("--text_column", default="text", help="Name of the text column.")
@@ -95,6 +111,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.compare_random_init = args.model_name_or_path is not None
     elif args.model_name_or_path is None:
         p.error("--model_name_or_path is required (except with --smoke)")
+    if args.label_files:
+        if args.train_file or args.dataset_name:
+            p.error("--label_files excludes --train_file and --dataset_name")
+        if any("=" not in spec for spec in args.label_files):
+            p.error(f"--label_files takes LABEL=PATH items, got {args.label_files}")
+    elif args.fold is not None:
+        p.error("--fold needs --label_files")
     if args.random_init and args.compare_random_init:
         p.error("--random_init and --compare_random_init exclude each other")
     return args
@@ -110,7 +133,12 @@ def load_tokenizer(args):
 
 
 def load_data(args):
-    if args.train_file or args.dataset_name:
+    if args.label_files:
+        files = dict(spec.split("=", 1) for spec in args.label_files)
+        data = label_files_dataset(
+            files, fold=args.fold, num_folds=args.num_folds, held_out_fraction=args.held_out_fraction, seed=args.seed
+        )
+    elif args.train_file or args.dataset_name:
         data = load_classification_dataset(
             train_file=args.train_file,
             validation_file=args.validation_file,

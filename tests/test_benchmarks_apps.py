@@ -278,3 +278,78 @@ def test_bench_translation_smoke(tmp_path):
         assert 0 <= results[system]["bleu"] <= 100 and 0 <= results[system]["chrf"] <= 100
         assert len((tmp_path / f"{system}.hyp.txt").read_text(encoding="utf-8").splitlines()) == 6
     assert results["test_sentences"] == 6
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The fine-tuning scripts on label files and on aligned text files
+
+
+def _script(script, *args):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "scripts" / script), *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO_ROOT,
+        env=env,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    return result
+
+
+def test_label_files_dataset_fold_and_validation(tmp_path):
+    from modeling_lstmlm.classification import label_files_dataset
+
+    (tmp_path / "neg").write_text("".join(f"bad {i}\n" for i in range(30)))
+    (tmp_path / "pos").write_text("".join(f"good {i}\n" for i in range(30)))
+    data = label_files_dataset({"neg": tmp_path / "neg", "pos": tmp_path / "pos"}, fold=7)
+    assert data["test"]["text"] == ["bad 7", "bad 17", "bad 27", "good 7", "good 17", "good 27"]
+    assert data["test"]["label"] == ["neg"] * 3 + ["pos"] * 3
+    assert len(data["train"]) + len(data["validation"]) == 54 and len(data["validation"]) == 6
+    assert not set(data["train"]["text"]) & set(data["test"]["text"])
+
+
+def test_finetune_classification_smoke_label_files_fold(tmp_path):
+    (tmp_path / "neg").write_text("".join(f"a dull , tired film {i} .\n" for i in range(40)))
+    (tmp_path / "pos").write_text("".join(f"a warm , funny film {i} .\n" for i in range(40)))
+    out = tmp_path / "out"
+    _script(
+        "finetune_classification.py",
+        "--smoke",
+        "--label_files",
+        f"neg={tmp_path / 'neg'}",
+        f"pos={tmp_path / 'pos'}",
+        "--fold",
+        "3",
+        "--output_dir",
+        out,
+    )
+    results = json.loads((out / "results.json").read_text())
+    assert results["majority"]["test"]["accuracy"] == 0.5  # fold 3: 4 lines of each label
+    model = AutoTokenizer.from_pretrained(out / "random_init")
+    assert model.pad_token_id == 1
+    config = json.loads((out / "random_init" / "config.json").read_text())
+    assert config["id2label"] == {"0": "neg", "1": "pos"}
+
+
+def test_finetune_chat_smoke_translation_from_parallel_files(tmp_path):
+    from modeling_lstmlm.sft import english_number, french_number
+
+    (tmp_path / "train.en").write_text("".join(english_number(n) + "\n" for n in range(60)), encoding="utf-8")
+    (tmp_path / "train.fr").write_text("".join(french_number(n) + "\n" for n in range(60)), encoding="utf-8")
+    out = tmp_path / "translate"
+    result = _script(
+        "finetune_chat.py",
+        "--smoke",
+        "--task",
+        "translation",
+        "--parallel_files",
+        tmp_path / "train.en",
+        tmp_path / "train.fr",
+        "--output_dir",
+        out,
+    )
+    assert "held-out translations: BLEU" in result.stdout
+    samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert {s["reference"] for s in samples} <= {french_number(n) for n in range(60)}
