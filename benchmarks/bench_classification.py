@@ -216,16 +216,21 @@ def run_system(spec: dict) -> dict:
     if (general_dir / "config.json").is_file() and not smoke:
         details["general"] = json.loads((general_dir / "stage.json").read_text())
         all_sentences = [s for lines in examples.values() for s in lines]
-        _, report = remove_contaminated(spec["general_documents"], all_sentences)
+        trained_on = (general_dir / "pretraining_documents.txt").read_text(encoding="utf-8").split("\n")
+        _, report = remove_contaminated(trained_on, all_sentences)
         if report["test_sentences_found"]:
-            raise ValueError(f"{general_dir} was trained on text holding {report} sentences of this dataset")
-        details["general"]["contamination"] = report
+            raise ValueError(f"{general_dir} was trained on text holding sentences of this dataset: {report}")
+        details["general"]["contamination_reused"] = report
     elif spec["pretrained_dir"]:
         raise FileNotFoundError(f"No general LM at {general_dir}")
     else:
         model = build_lm(spec, tokenizer)
         all_sentences = [s for lines in examples.values() for s in lines]
         documents, report = remove_contaminated(spec["general_documents"], all_sentences)
+        general_dir.mkdir(parents=True, exist_ok=True)
+        # the documents the LM trains on, one a line, so that a later run reusing it can check them
+        text = "\n".join(" ".join(doc.split()) for doc in documents)
+        (general_dir / "pretraining_documents.txt").write_text(text, encoding="utf-8")
         ids = tokenize_documents(documents, tokenizer)
         stage = train_language_model(
             model,
