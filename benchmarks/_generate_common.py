@@ -289,14 +289,25 @@ def build_gpt2(spec: dict):
 # ---------------------------------------------------------------- decode loops written by hand over the same weights
 
 
+def _nn_lstms(model) -> list[torch.nn.LSTM]:
+    """One `nn.LSTM` per layer of `model`, holding the same weights (the layers' parameters are nn.LSTM's)."""
+    lstms = []
+    for layer in model.model.layers:
+        lstm = torch.nn.LSTM(layer.input_size, layer.hidden_size, batch_first=True)
+        lstm.load_state_dict(layer.state_dict())
+        lstms.append(lstm.to(layer.weight_ih_l0.device, layer.weight_ih_l0.dtype).eval())
+    return lstms
+
+
 @torch.inference_mode()
 def loop_nn_lstm(model, input_ids: torch.LongTensor, new_tokens: int) -> torch.LongTensor:
-    """The loop a PyTorch user writes: the model's own `nn.LSTM` layers called one token at a time, greedy."""
+    """The loop a PyTorch user writes: `nn.LSTM` layers on the model's weights called one token at a time, greedy."""
     backbone, head = model.model, model.lm_head
+    lstms = _nn_lstms(model)
     x = backbone.embed_tokens(input_ids)  # (batch, prompt, embedding)
     states = []
-    for layer in backbone.layers:
-        x, state = layer(x)
+    for lstm in lstms:
+        x, state = lstm(x)
         states.append(state)
     top = backbone.proj(x[:, -1]) if backbone.proj is not None else x[:, -1]
     token = head(top).argmax(-1)  # (batch,)
@@ -306,8 +317,8 @@ def loop_nn_lstm(model, input_ids: torch.LongTensor, new_tokens: int) -> torch.L
         if step == new_tokens - 1:
             break
         x = backbone.embed_tokens(token)[:, None]  # (batch, 1, embedding)
-        for i, layer in enumerate(backbone.layers):
-            x, states[i] = layer(x, states[i])
+        for i, lstm in enumerate(lstms):
+            x, states[i] = lstm(x, states[i])
         top = backbone.proj(x[:, 0]) if backbone.proj is not None else x[:, 0]
         token = head(top).argmax(-1)
     return torch.cat([input_ids, out], dim=1)
@@ -321,8 +332,8 @@ def loop_lstm_cell(model, input_ids: torch.LongTensor, new_tokens: int) -> torch
     x = backbone.embed_tokens(input_ids)
     states, weights = [], []
     for layer in backbone.layers:
-        x, (h, c) = layer(x)
-        states.append((h[0], c[0]))
+        x, (h, c) = layer(x)  # (batch, prompt, hidden), (batch, hidden) x 2
+        states.append((h, c))
         weights.append((layer.weight_ih_l0, layer.weight_hh_l0, layer.bias_ih_l0, layer.bias_hh_l0))
     top = backbone.proj(x[:, -1]) if backbone.proj is not None else x[:, -1]
     token = head(top).argmax(-1)

@@ -1,11 +1,12 @@
 """The LSTM language model as a native transformers model.
 
-Embedding -> a stack of one-layer `nn.LSTM`s (the fused oneDNN / cuDNN kernels) -> optional projection -> linear
-head over the vocabulary. The per-layer (h, c) state is the generation cache: after the prompt, each decoding step
-feeds only the newest token.
+Embedding -> a stack of `LSTMLMLayer`s (each owns its recurrence: the fused oneDNN / cuDNN kernel over sequences, a
+one-step cell for single tokens) -> optional projection -> linear head over the vocabulary. The per-layer (h, c) state
+is the generation cache: after the prompt, each decoding step feeds only the newest token. Every weight is used by
+calling its module, so forward hooks, accelerate's device and offload hooks and PEFT adapters see every use.
 
-This file travels with every saved model folder as remote code: it imports only the configuration file (relatively),
-transformers and torch.
+This file travels with every saved model folder as remote code: it imports only the configuration file and the int8
+file (relatively), transformers and torch.
 """
 
 import warnings
@@ -15,8 +16,7 @@ import torch
 import torch.nn.functional as F
 from safetensors import SafetensorError
 from torch import nn
-from torch.func import functional_call
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 from transformers import initialization as init
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.generation import GenerationMixin
@@ -35,7 +35,7 @@ class LSTMLMCache(DynamicCache):
     One recurrent-state slot per LSTM layer holds `(h, c)` stacked as a `(batch, 2, hidden_size)` tensor (batch on
     dim 0, so beam search reorders it with `reorder_cache`). `seen_tokens` counts the positions the state has
     consumed (padding included), so that a cache returned by `generate` can be passed back with the full sequence
-    and only the unseen tokens are fed.
+    and only the unseen tokens are fed. `reset()` empties it (states, `seen_tokens`) for reuse.
 
     Example:
 
@@ -50,22 +50,40 @@ class LSTMLMCache(DynamicCache):
     def __init__(self, config: LSTMLMConfig, **kwargs):
         super().__init__(config=config, **kwargs)
         self.seen_tokens = 0
+        self.from_beam_search = False  # set by beam search: the rows are beams, not the returned sequences
 
     def get_state(self, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """The `(h, c)` of layer `layer_idx`, each `(batch, hidden_size)`, or None before the first token."""
-        state = self.get_recurrent_state(layer_idx)
-        if state is None:
+        """The `(h, c)` of layer `layer_idx`, each `(batch, hidden_size)` (views of the slot), or None before the
+        first token."""
+        slot = self.layers[layer_idx]
+        if not slot.has_previous_state[0]:
             return None
+        state = slot.recurrent_states[0]
         return state[:, 0], state[:, 1]
 
     def set_state(self, layer_idx: int, h: torch.Tensor, c: torch.Tensor) -> None:
-        self.update_recurrent_state(torch.stack((h, c), dim=1), layer_idx)
-        # `update_recurrent_state` alone does not mark the slot as holding a state (get_recurrent_state would keep
-        # returning None and every step would silently restart from zero), so mark it here.
-        self.layers[layer_idx].has_previous_state[0] = True
+        """Store layer `layer_idx`'s new `(h, c)`: in place without autograd (the slot keeps its address, as a static
+        cache does), as a new tensor when gradients flow (the old one may be saved for the backward pass)."""
+        state = torch.stack((h, c), dim=1)  # (batch, 2, hidden)
+        slot = self.layers[layer_idx]
+        old = slot.recurrent_states[0]
+        if old is not None and not torch.is_grad_enabled() and old.shape == state.shape and old.dtype == state.dtype:
+            old.copy_(state)
+        else:
+            slot.recurrent_states[0] = state
+            slot.device, slot.dtype = state.device, state.dtype
+        slot.is_recurrent_states_initialized[0] = slot.has_previous_state[0] = True
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return self.seen_tokens
+
+    def reset(self) -> None:
+        """Forget everything: the states, `seen_tokens` and the beam-search mark (the next use starts from zero)."""
+        for slot in self.layers:
+            slot.recurrent_states[0] = None
+            slot.is_recurrent_states_initialized[0] = slot.has_previous_state[0] = False
+        self.seen_tokens = 0
+        self.from_beam_search = False
 
 
 @dataclass
@@ -124,6 +142,12 @@ def _dropout(x: torch.Tensor, p: float, training: bool, variational: bool) -> to
     return x * mask
 
 
+def _checks_on_host(tensor: torch.Tensor) -> bool:
+    """Whether input checks may read values on the host: on CPU that is free; on an accelerator it would stall the
+    device (a host synchronisation), so checks there are device-side asserts (`torch._assert_async`) instead."""
+    return tensor.device.type == "cpu"
+
+
 _CACHE_ALIASES = ("past_key_values", "cache_params")
 
 
@@ -147,252 +171,156 @@ def _cache_argument(cache, kwargs: dict, func_name: str):
     return cache
 
 
-def _check_cache_batch(state, batch_size: int) -> None:
-    if state is not None and state[0].shape[0] != batch_size:
+def _check_cache(cache, batch_size: int | None) -> None:
+    if not isinstance(cache, LSTMLMCache):
+        raise ValueError(f"`cache` must be an LSTMLMCache (as returned by this model), got {type(cache).__name__}")
+    if cache.from_beam_search:
+        raise ValueError(
+            "This cache was returned by beam search: its rows are the beams as the search left them, not the returned "
+            "sequences (a finished hypothesis left the beams earlier), so it cannot continue them. Generate from "
+            "`out.sequences` without a cache (or call `cache.reset()` to reuse the object)"
+        )
+    state = cache.get_state(0)
+    if state is not None and batch_size is not None and state[0].shape[0] != batch_size:
         raise ValueError(
             f"The cache holds the state of {state[0].shape[0]} sequences but the input has {batch_size} rows "
-            "(a cache from beam search or `num_return_sequences` holds one state per returned sequence)"
+            "(a cache from `num_return_sequences` holds one state per returned sequence)"
         )
 
 
-def _lstm_cell(layer: nn.Module, x: torch.Tensor, state) -> tuple[torch.Tensor, torch.Tensor]:
-    """One time step of a one-layer LSTM, computed directly from the layer's own parameters (no copies to go stale).
+class LSTMLMLayer(nn.Module):
+    """One LSTM layer that owns its recurrence, for whole sequences and for single tokens.
 
-    `x` is `(batch, input_size)`; `state` is the layer's `(h, c)`, each `(batch, hidden)`, or None for the zero state.
-    Returns the new `(h, c)` as new tensors. For eval-mode, no-grad decoding only: the fused `nn.LSTM` kernel repacks
-    its weights on every call, which costs more than the step itself for one token; ATen's one-step cell (two matmuls
-    and the gate math in one call) does not. Same gate order as `nn.LSTM` (input, forget, cell, output).
-    """
-    if state is None:
-        zeros = x.new_zeros(x.shape[0], layer.hidden_size)
-        state = (zeros, zeros)
-    if isinstance(layer, nn.LSTM):
-        return torch.lstm_cell(x, state, layer.weight_ih_l0, layer.weight_hh_l0, layer.bias_ih_l0, layer.bias_hh_l0)
-    return layer.cell(x, state)  # an `Int8LSTM` (below): int8 matmuls
+    Parameters: those of a one-layer `nn.LSTM`, under the same names (`weight_ih_l0` `(4 * hidden, input_size)`,
+    `weight_hh_l0` `(4 * hidden, hidden)`, `bias_ih_l0`, `bias_hh_l0` `(4 * hidden,)`, gates in the order input,
+    forget, cell, output), so folders saved when the stack was a list of `nn.LSTM`s load unchanged.
 
+    Always *call* the module (`layer(...)`), never read its weights from outside: forward hooks, accelerate's
+    device and offload hooks, PEFT adapters (`target_parameters`) and parametrizations act on module calls.
 
-# Int8 inference on CPU. `quantize_int8` (below; `quantization.quantize_model`, `from_pretrained(..., quantize="int8")`)
-# converts a float model and records `config.quantization`; all of it lives here because a saved int8 folder needs it to
-# load (this file travels as remote code). The weights are int8 with one float scale per output row; torch's
-# dynamic-quantization kernels (`quantized::linear_dynamic`, `quantized_lstm_cell_dynamic`: fbgemm / oneDNN on x86,
-# qnnpack on ARM) quantize the activations on the fly.
+    `layer(x, state=None, mask=None) -> (out, (h, c))`
+        `x`: `(batch, seq, input_size)` (or a `PackedSequence`, then `out` is one too). `state`: the `(h, c)` to
+        start from, each `(batch, hidden_size)`; zeros when None. `mask`: `(batch, seq)` bool, True at real tokens;
+        None means no padding. Returns `out` `(batch, seq, hidden_size)`, zero at padded positions, and the `(h, c)`
+        after each row's last real token (a row without one keeps its state). The returned state has the dtype of
+        the state passed in; a zero state is float32 under autocast, so a carried state is never rounded to bf16.
+        A one-token `x` runs `step` (the decoding step; padding there is a `torch.where`, no host synchronisation).
+        Longer inputs run the fused LSTM kernel; with padding, each row's real tokens are packed (the lengths go to
+        the host: one synchronisation, only when there is padding).
+    `layer.step(x, (h, c)) -> (h, c)`
+        One time step, `x` `(batch, input_size)`, from the layer's own weights as they are now (read on every call,
+        so they never go stale). This is the one place for a faster decoding kernel: replace its body. A kernel that
+        keeps packed copies of the weights must check on every call that they are current (`data_ptr()` and
+        `_version` of each weight, device and dtype), and must fall back to this body in training (weight dropout)
+        or when the weights are wrapped (PEFT, parametrizations: `self.weight_hh_l0` is then computed per access).
 
-_QUANTIZATION_METHODS = ("int8",)
-
-
-def _quantized_op(name: str):
-    """The default overload of `torch.ops.quantized.<name>` (called directly: the op packet re-checks its arguments in
-    Python on every call), or None where this torch build lacks it."""
-    try:
-        return getattr(torch.ops.quantized, name).default
-    except (AttributeError, RuntimeError):
-        return None
-
-
-_LINEAR_DYNAMIC = _quantized_op("linear_dynamic")
-_QUANTIZED_LSTM_CELL = _quantized_op("quantized_lstm_cell_dynamic")
-
-
-def _quantization_method(config) -> str | None:
-    """The quantization method recorded in `config` (`None` for a float model); raises on an unknown entry."""
-    entry = getattr(config, "quantization", None)
-    if entry is None:
-        return None
-    method = entry.get("method") if isinstance(entry, dict) else None
-    if method not in _QUANTIZATION_METHODS:
-        raise ValueError(
-            f"`config.quantization` must be None or a dict with `method` in {_QUANTIZATION_METHODS}, got {entry!r}"
-        )
-    return method
-
-
-def _quantize_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric int8 with one scale per output row: `weight ~= int8 * scale[:, None]`."""
-    weight = weight.detach().float()
-    scale = (weight.abs().amax(dim=1) / 127).clamp(min=1e-12)  # (out,)
-    q = torch.round(weight / scale[:, None]).clamp(-127, 127).to(torch.int8)  # (out, in)
-    return q, scale
-
-
-class Int8Linear(nn.Module):
-    """A linear layer with int8 weights (one float scale per output row) and activations quantized on the fly.
-
-    The weights live in the buffers `weight_int8` and `weight_scale` (saved and loaded like any weight); the packed
-    form that the kernel reads is built from them on first use and rebuilt whenever they change (new storage or an
-    in-place write that bumps their version counter). Inference only: there is no gradient for the weights.
+    Weight dropout (DropConnect on `weight_hh_l0`, a new mask each training call) is applied in `_weights`, inside
+    the module, on whatever the weight is at that moment (an adapter's merged view included).
+    `single_step = False` sends one-token inputs through the fused kernel too (benchmarks compare the two).
 
     Example:
 
     ```python
-    >>> layer = Int8Linear.from_float(nn.Linear(512, 2048))
-    >>> layer(torch.randn(3, 512)).shape
-    torch.Size([3, 2048])
+    >>> layer = LSTMLMLayer(8, 16)
+    >>> out, (h, c) = layer(torch.randn(2, 5, 8))
+    >>> h2, c2 = layer.step(torch.randn(2, 8), (h, c))
     ```
     """
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, reduce_range: bool = True):
-        super().__init__()
-        self.in_features = in_features
-        self.out_features = out_features
-        # Quantize activations to 7 bits as torch's dynamic Linear does: fbgemm's int16 accumulation can saturate
-        # with full 8-bit activations on CPUs without VNNI.
-        self.reduce_range = reduce_range
-        self.register_buffer("weight_int8", torch.zeros(out_features, in_features, dtype=torch.int8))
-        self.register_buffer("weight_scale", torch.ones(out_features, dtype=torch.float32))
-        self.register_buffer("bias", torch.zeros(out_features) if bias else None)
-        self._packed = None
-        self._packed_key = None
+    single_step: bool = True
 
-    @classmethod
-    def from_float(cls, linear: nn.Linear, reduce_range: bool = True) -> "Int8Linear":
-        layer = cls(linear.in_features, linear.out_features, bias=linear.bias is not None, reduce_range=reduce_range)
-        return layer._set_weights(linear.weight, linear.bias)
-
-    def _set_weights(self, weight: torch.Tensor, bias: torch.Tensor | None) -> "Int8Linear":
-        q, scale = _quantize_rows(weight)
-        self.weight_int8 = q.to(weight.device)
-        self.weight_scale = scale.to(weight.device)
-        if bias is not None:
-            self.bias = bias.detach().float().clone()
-        return self
-
-    def dequantized_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """The float weight the int8 one stands for, `(out_features, in_features)`."""
-        return self.weight_int8.to(dtype) * self.weight_scale.to(dtype)[:, None]
-
-    def _packed_weight(self):
-        # Runs on every decoding step, so the staleness key is kept cheap: storage and version of each buffer, and
-        # the quantized engine.
-        weight, scale, bias = self.weight_int8, self.weight_scale, self.bias
-        key = (
-            weight.data_ptr(),
-            weight._version,
-            scale.data_ptr(),
-            scale._version,
-            None if bias is None else (bias.data_ptr(), bias._version),
-            torch._C._get_qengine(),
-        )
-        if self._packed_key != key:
-            self._packed = None
-            if self.weight_int8.device.type == "cpu" and _LINEAR_DYNAMIC is not None:
-                try:
-                    with warnings.catch_warnings():
-                        # torch marks its quantized-tensor constructors deprecated in favour of torchao, whose x86
-                        # eager kernels are slower than this one on x86 (see quantization.py).
-                        warnings.simplefilter("ignore")
-                        scale = self.weight_scale.double()
-                        qweight = torch.quantize_per_channel(
-                            self.dequantized_weight(),
-                            scale,
-                            torch.zeros_like(scale, dtype=torch.long),
-                            0,
-                            torch.qint8,
-                        )
-                        bias = self.bias.float() if self.bias is not None else None
-                        self._packed = torch.ops.quantized.linear_prepack(qweight, bias)
-                except (RuntimeError, AttributeError, NotImplementedError) as error:
-                    logger.warning_once(f"int8 kernels unavailable ({error}); using dequantized float weights")
-            self._packed_key = key
-        return self._packed
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        packed = self._packed_weight()
-        if packed is None:  # no int8 kernel for this device or build: same result from the dequantized weights
-            bias = self.bias.to(x.dtype) if self.bias is not None else None
-            return nn.functional.linear(x, self.dequantized_weight(x.dtype), bias)
-        y = _LINEAR_DYNAMIC(x.float(), packed, self.reduce_range)
-        return y if y.dtype == x.dtype else y.to(x.dtype)
-
-    def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
-
-
-class Int8LSTM(nn.Module):
-    """A one-layer batch-first LSTM with int8 weights, in place of `nn.LSTM(input_size, hidden_size, batch_first=True)`.
-
-    Single-token decoding calls `cell` (two int8 matmuls and the gate math). Multi-token forwards (prompts, scoring,
-    padded batches as `PackedSequence`) run the fused LSTM kernel on the dequantized weights, so they give what the
-    decode step gives up to the activations' quantization.
-    """
-
-    def __init__(self, input_size: int, hidden_size: int, reduce_range: bool = True):
+    def __init__(self, input_size: int, hidden_size: int, weight_dropout: float = 0.0):
         super().__init__()
         self.input_size = input_size
         self.hidden_size = hidden_size
-        self.ih = Int8Linear(input_size, 4 * hidden_size, reduce_range=reduce_range)
-        self.hh = Int8Linear(hidden_size, 4 * hidden_size, reduce_range=reduce_range)
-        # A weightless nn.LSTM that `functional_call` runs with the dequantized weights (kept out of the state dict).
-        self.__dict__["_template"] = nn.LSTM(input_size, hidden_size, batch_first=True, device="meta")
+        self.weight_dropout = weight_dropout
+        self.weight_ih_l0 = nn.Parameter(torch.empty(4 * hidden_size, input_size))
+        self.weight_hh_l0 = nn.Parameter(torch.empty(4 * hidden_size, hidden_size))
+        self.bias_ih_l0 = nn.Parameter(torch.empty(4 * hidden_size))
+        self.bias_hh_l0 = nn.Parameter(torch.empty(4 * hidden_size))
+        self.reset_parameters()
 
-    @classmethod
-    def from_float(cls, lstm: nn.LSTM, reduce_range: bool = True) -> "Int8LSTM":
-        if lstm.num_layers != 1 or lstm.bidirectional or not lstm.batch_first or lstm.proj_size or not lstm.bias:
-            raise ValueError(f"Int8LSTM replaces a one-layer, unidirectional, batch-first LSTM with biases, got {lstm}")
-        layer = cls(lstm.input_size, lstm.hidden_size, reduce_range=reduce_range)
-        layer.ih._set_weights(lstm.weight_ih_l0, lstm.bias_ih_l0)
-        layer.hh._set_weights(lstm.weight_hh_l0, lstm.bias_hh_l0)
-        return layer
+    def reset_parameters(self) -> None:
+        """Uniform in `[-1/sqrt(hidden), 1/sqrt(hidden)]`, as `nn.LSTM` does (same draws, same order)."""
+        bound = self.hidden_size**-0.5
+        for param in self.parameters(recurse=False):
+            nn.init.uniform_(param, -bound, bound)
 
-    def cell(self, x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """One time step: `x` `(batch, input_size)`, `state` `(h, c)` -> the new `(h, c)`, each `(batch, hidden)`."""
-        packed_ih, packed_hh = self.ih._packed_weight(), self.hh._packed_weight()
-        if packed_ih is None or packed_hh is None:  # no int8 kernel here: the same step on the dequantized weights
-            dtype = x.dtype
-            return torch.lstm_cell(
-                x,
-                state,
-                self.ih.dequantized_weight(dtype),
-                self.hh.dequantized_weight(dtype),
-                self.ih.bias.to(dtype),
-                self.hh.bias.to(dtype),
-            )
-        x, h, c = x.float(), state[0].float(), state[1].float()
-        if self.ih.reduce_range and self.hh.reduce_range and _QUANTIZED_LSTM_CELL is not None:
-            # ATen's dynamic-quantization LSTM cell: both int8 matmuls (the biases are inside the packed weights; its
-            # bias arguments are not added again) and the gate math in one call. It quantizes activations to 7 bits.
-            h, c = _QUANTIZED_LSTM_CELL(x, [h, c], packed_ih, packed_hh, self.ih.bias, self.hh.bias)
-        else:  # the same step in two kernel calls (8-bit activations when reduce_range is off)
-            gates = _LINEAR_DYNAMIC(x, packed_ih, self.ih.reduce_range)
-            gates += _LINEAR_DYNAMIC(h, packed_hh, self.hh.reduce_range)
-            i, f, g, o = gates.chunk(4, dim=1)
-            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-            h = torch.sigmoid(o) * torch.tanh(c)
-        return (h, c) if state[0].dtype == torch.float32 else (h.to(state[0].dtype), c.to(state[0].dtype))
+    def _weights(self) -> list[torch.Tensor]:
+        """`[w_ih, w_hh, b_ih, b_hh]` as the kernels take them, with DropConnect on `w_hh` in training."""
+        w_hh = self.weight_hh_l0
+        if self.training and self.weight_dropout > 0:
+            w_hh = F.dropout(w_hh, self.weight_dropout, training=True)
+        return [self.weight_ih_l0, w_hh, self.bias_ih_l0, self.bias_hh_l0]
 
-    def forward(self, x, hx=None):
-        dtype = x.data.dtype  # x may be a PackedSequence
-        params = {
-            "weight_ih_l0": self.ih.dequantized_weight(dtype),
-            "weight_hh_l0": self.hh.dequantized_weight(dtype),
-            "bias_ih_l0": self.ih.bias.to(dtype),
-            "bias_hh_l0": self.hh.bias.to(dtype),
-        }
-        return functional_call(self._template, params, (x, hx))
+    def step(self, x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """One time step: `x` `(batch, input_size)`, `state` `(h, c)` -> the new `(h, c)`, each `(batch, hidden)`.
+        ATen's one-step cell: two matmuls and the gate math in one call, on the weights as they are now."""
+        return torch.lstm_cell(x, state, *self._weights())
+
+    def forward(self, x, state=None, mask: torch.Tensor | None = None):
+        packed = isinstance(x, PackedSequence)
+        if state is None:
+            batch_size = int(x.batch_sizes[0]) if packed else x.shape[0]
+            data = x.data if packed else x
+            dtype = torch.float32 if torch.is_autocast_enabled(data.device.type) else data.dtype
+            zeros = data.new_zeros(batch_size, self.hidden_size, dtype=dtype)
+            state = (zeros, zeros)
+        dtype = state[0].dtype
+        if not packed and x.shape[1] == 1 and self.single_step:
+            h, c = self.step(x[:, 0], state)  # (batch, hidden) each
+            if mask is not None:  # a padded row keeps its state and outputs zeros
+                keep = mask[:, :1]
+                out = torch.where(keep, h, 0.0)
+                h, c = torch.where(keep, h, state[0]), torch.where(keep, c, state[1])
+                return out[:, None], (h.to(dtype), c.to(dtype))
+            return h[:, None], (h.to(dtype), c.to(dtype))
+        if packed:
+            return self._packed(x, state)
+        if torch.is_autocast_enabled(x.device.type):  # the fused kernel takes input and state in the autocast dtype
+            kernel_dtype = torch.get_autocast_dtype(x.device.type)
+            x, state = x.to(kernel_dtype), (state[0].to(kernel_dtype), state[1].to(kernel_dtype))
+        if mask is None:
+            hx = (state[0][None].contiguous(), state[1][None].contiguous())  # (1, batch, hidden)
+            out, h, c = torch.lstm(x, hx, self._weights(), True, 1, 0.0, self.training, False, True)
+            return out, (h[0].to(dtype), c[0].to(dtype))
+        # Padding: move each row's real tokens to the front (in order) and run them as a packed sequence.
+        seq_len, dim = x.shape[1], x.shape[2]
+        lengths = mask.sum(dim=1).cpu()  # pack_padded_sequence takes the lengths on the host (the one sync)
+        order = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)  # (batch, seq)
+        gathered = x.gather(1, order[..., None].expand(-1, -1, dim))
+        packed_x = pack_padded_sequence(gathered, lengths.clamp(min=1), batch_first=True, enforce_sorted=False)
+        out_packed, (h, c) = self._packed(packed_x, state, dtype)
+        out, _ = pad_packed_sequence(out_packed, batch_first=True, total_length=seq_len)  # zeros past each length
+        out = out.new_zeros(out.shape).scatter(1, order[..., None].expand(-1, -1, out.shape[-1]), out)
+        if bool((lengths == 0).any()):  # rows with no real token keep their state (host tensor: no sync)
+            empty = (lengths == 0).to(h.device)[:, None]
+            h, c = torch.where(empty, state[0].to(dtype), h), torch.where(empty, state[1].to(dtype), c)
+        return out * mask[..., None], (h, c)
+
+    def _packed(self, x: PackedSequence, state, dtype=None) -> tuple[PackedSequence, tuple[torch.Tensor, torch.Tensor]]:
+        dtype = dtype or state[0].dtype
+        hx = tuple(
+            s[None].index_select(1, x.sorted_indices) if x.sorted_indices is not None else s[None] for s in state
+        )
+        weights = self._weights()
+        out, h, c = torch.lstm(x.data, x.batch_sizes, hx, weights, True, 1, 0.0, self.training, False)
+        if x.unsorted_indices is not None:
+            h, c = h.index_select(1, x.unsorted_indices), c.index_select(1, x.unsorted_indices)
+        out = PackedSequence(out, x.batch_sizes, x.sorted_indices, x.unsorted_indices)
+        return out, (h[0].to(dtype), c[0].to(dtype))
 
     def extra_repr(self) -> str:
-        return f"{self.input_size}, {self.hidden_size}, batch_first=True, int8"
+        return f"{self.input_size}, {self.hidden_size}, weight_dropout={self.weight_dropout}"
 
 
-def quantize_int8(model: nn.Module, reduce_range: bool = True) -> nn.Module:
-    """Quantize a float LSTMLM model in place (its LSTM layers and, for a causal LM, the output layer) and record it in
-    `model.config.quantization`, so that `save_pretrained` writes a folder the Auto classes load as int8.
+def _quantization(config) -> dict | None:
+    """`config.quantization` (None for a float model), checked by the int8 file that implements it."""
+    if getattr(config, "quantization", None) is None:
+        return None
+    from .quantization_lstmlm import check_quantization_config
 
-    The output layer gets its own int8 copy of the weights, so `tie_word_embeddings` becomes False (the float
-    embedding stays as it was). Inference only: the result cannot be trained. Returns the model, in eval mode.
-    `modeling_lstmlm.quantization.quantize_model` and `from_pretrained(..., quantize="int8")` call this.
-    """
-    if _quantization_method(model.config) is not None:
-        raise ValueError(f"The model is already quantized ({model.config.quantization})")
-    backbone = getattr(model, model.base_model_prefix, model)
-    if not all(isinstance(layer, nn.LSTM) for layer in getattr(backbone, "layers", [None])):
-        raise ValueError(f"`model` must be an LSTMLM model with nn.LSTM layers, got {type(model).__name__}")
-    backbone.layers = nn.ModuleList(Int8LSTM.from_float(layer, reduce_range) for layer in backbone.layers)
-    head = getattr(model, "lm_head", None)
-    if isinstance(head, nn.Linear):
-        model.lm_head = Int8Linear.from_float(head, reduce_range)
-    model.config.tie_word_embeddings = False
-    model.config.quantization = {"method": "int8", "reduce_range": reduce_range}
-    return model.eval()
+    return check_quantization_config(config)
 
 
 class LSTMLMPreTrainedModel(PreTrainedModel):
@@ -400,16 +328,16 @@ class LSTMLMPreTrainedModel(PreTrainedModel):
     base_model_prefix = "model"
     main_input_name = "input_ids"
     _is_stateful = True
-    _no_split_modules = ["LSTM"]
+    _no_split_modules = ["LSTMLMLayer", "Int8LSTMLMLayer"]
     supports_gradient_checkpointing = False
 
     def _init_weights(self, module):
         r = self.config.initializer_range
         if isinstance(module, nn.Embedding):
             init.uniform_(module.weight, -r, r)
-        elif isinstance(module, nn.LSTM):
+        elif isinstance(module, LSTMLMLayer):
             bound = module.hidden_size**-0.5
-            for param in module.parameters():
+            for param in module.parameters(recurse=False):
                 init.uniform_(param, -bound, bound)
         elif isinstance(module, nn.Linear):
             if module.out_features == self.config.vocab_size or module is getattr(self, "score", None):
@@ -423,15 +351,18 @@ class LSTMLMPreTrainedModel(PreTrainedModel):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, quantize: str | None = None, **kwargs):
         r"""
-        Loads like any transformers model, plus:
+        Loads like any transformers model (`device_map`, `offload_folder`, `max_memory` included), plus:
 
         quantize (`str`, *optional*):
             `"int8"`: quantize the loaded float model for CPU inference (int8 LSTM and output weights, one scale per
-            row; see `modeling_lstmlm/quantization.py`). A folder saved from it loads as int8 without this argument.
-            A folder that is already int8 loads as it is.
+            row; see `modeling_lstmlm/quantization_lstmlm.py`). A folder saved from it loads as int8 without this
+            argument. A folder that is already int8 loads as it is.
         """
-        if quantize is not None and quantize not in _QUANTIZATION_METHODS:
-            raise ValueError(f"`quantize` must be None or one of {_QUANTIZATION_METHODS}, got {quantize!r}")
+        if quantize is not None:
+            from .quantization_lstmlm import QUANTIZATION_METHODS, quantize_int8
+
+            if quantize not in QUANTIZATION_METHODS:
+                raise ValueError(f"`quantize` must be None or one of {QUANTIZATION_METHODS}, got {quantize!r}")
         try:
             model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
         except SafetensorError as err:
@@ -439,7 +370,7 @@ class LSTMLMPreTrainedModel(PreTrainedModel):
                 f"Could not read the weights of {str(pretrained_model_name_or_path)!r}: the safetensors file is "
                 f"corrupt or truncated ({err})"
             ) from err
-        if quantize is not None and _quantization_method(model.config) is None:
+        if quantize is not None and _quantization(model.config) is None:
             model = quantize_int8(model)
         return model
 
@@ -470,20 +401,18 @@ class LSTMLMModel(LSTMLMPreTrainedModel):
     ```
     """
 
-    # One-token forwards in eval without grad (generate's decoding steps) use `_decode_step`; set to False on an
-    # instance to run them through `nn.LSTM` instead (benchmarks compare the two).
-    direct_decode: bool = True
-
     def __init__(self, config: LSTMLMConfig):
         super().__init__(config)
         self.embed_tokens = nn.Embedding(config.vocab_size, config.embedding_size)
-        self.layers = nn.ModuleList(
-            nn.LSTM(config.embedding_size if i == 0 else config.hidden_size, config.hidden_size, batch_first=True)
-            for i in range(config.num_hidden_layers)
-        )
-        if _quantization_method(config) is not None:  # an int8 folder (see quantization.py): int8 weights
-            reduce_range = config.quantization.get("reduce_range", True)
-            self.layers = nn.ModuleList(Int8LSTM(x.input_size, x.hidden_size, reduce_range) for x in self.layers)
+        sizes = [(config.embedding_size if i == 0 else config.hidden_size) for i in range(config.num_hidden_layers)]
+        quantization = _quantization(config)
+        if quantization is None:
+            layers = (LSTMLMLayer(size, config.hidden_size, config.weight_dropout) for size in sizes)
+        else:  # an int8 folder (quantization_lstmlm.py): int8 layers of the same interface
+            from .quantization_lstmlm import Int8LSTMLMLayer
+
+            layers = (Int8LSTMLMLayer(size, config.hidden_size, quantization["reduce_range"]) for size in sizes)
+        self.layers = nn.ModuleList(layers)
         # Projects the top of the stack to the embedding size, so the output layer can be tied to the embedding.
         self.proj = (
             nn.Linear(config.hidden_size, config.embedding_size, bias=False)
@@ -498,24 +427,40 @@ class LSTMLMModel(LSTMLMPreTrainedModel):
     def set_input_embeddings(self, new_embeddings: nn.Embedding):
         self.embed_tokens = new_embeddings
 
+    @property
+    def direct_decode(self) -> bool:
+        """Whether one-token inputs run each layer's `step` (True, the default) or the fused sequence kernel."""
+        return all(m.single_step for m in self.modules() if isinstance(m, LSTMLMLayer))
+
+    @direct_decode.setter
+    def direct_decode(self, value: bool) -> None:
+        for module in self.modules():
+            if isinstance(module, LSTMLMLayer):
+                module.single_step = value
+
     def _embed(self, input_ids: torch.LongTensor) -> torch.Tensor:
         if input_ids.dim() != 2:
             raise ValueError(f"`input_ids` must have shape (batch, sequence), got {tuple(input_ids.shape)}")
-        weight = self.embed_tokens.weight
-        p = self.config.embedding_row_dropout
-        if self.training and p > 0:
-            # Drop whole vocabulary rows: every occurrence of a dropped token is zeroed in this batch.
-            weight = weight * weight.new_empty(weight.shape[0], 1).bernoulli_(1 - p) / (1 - p)
-        if weight.device.type == "cpu" and weight.shape[0] == self.config.vocab_size:
-            # On CPU the lookup itself refuses an id outside the table (IndexError), so the check costs nothing on
-            # the good path (it runs every decoding step); elsewhere an out-of-range id is a device-side assert.
+        vocab_size = self.config.vocab_size
+        if _checks_on_host(input_ids):
+            # The lookup itself refuses an id outside the table (IndexError), so the check costs nothing on the good
+            # path (it runs every decoding step).
             try:
-                return F.embedding(input_ids, weight, self.embed_tokens.padding_idx)
+                x = self.embed_tokens(input_ids)  # (batch, seq, embedding_size)
             except IndexError:
                 self._check_ids(input_ids)
                 raise
-        self._check_ids(input_ids)
-        return F.embedding(input_ids, weight, self.embed_tokens.padding_idx)
+        else:
+            in_range = ((input_ids >= 0) & (input_ids < vocab_size)).all()
+            torch._assert_async(in_range, f"`input_ids` must be token ids in [0, vocab_size={vocab_size})")
+            x = self.embed_tokens(input_ids)
+        p = self.config.embedding_row_dropout
+        if self.training and p > 0:
+            # Drop whole vocabulary rows: every occurrence of a dropped token is zeroed in this batch. The rows are
+            # dropped after the lookup (same result), so the embedding is used by calling it.
+            keep = x.new_empty(vocab_size, 1).bernoulli_(1 - p) / (1 - p)  # (vocab, 1)
+            x = x * keep[input_ids]
+        return x
 
     def _check_ids(self, input_ids: torch.LongTensor) -> None:
         if input_ids.numel():
@@ -525,13 +470,6 @@ class LSTMLMModel(LSTMLMPreTrainedModel):
                     f"`input_ids` must be token ids in [0, vocab_size={self.config.vocab_size}), got values in "
                     f"[{low}, {high}]"
                 )
-
-    def _run_layer(self, layer: nn.LSTM, x, state):
-        """One LSTM layer over `x` (tensor or PackedSequence), with DropConnect on the hidden weights in training."""
-        if self.training and self.config.weight_dropout > 0:
-            dropped = F.dropout(layer.weight_hh_l0, self.config.weight_dropout, training=True)
-            return functional_call(layer, {"weight_hh_l0": dropped}, (x, state))
-        return layer(x, state)
 
     def forward(
         self,
@@ -552,64 +490,55 @@ class LSTMLMModel(LSTMLMPreTrainedModel):
             touch the state, wherever they are (left, right or inside), so each row of a padded batch gives exactly
             what it gives alone. The output at a padded position is zero.
         cache (`LSTMLMCache`, *optional*):
-            The state to start from (zero state when omitted).
+            The state to start from (zero state when omitted); it is advanced in place.
         use_cache (`bool`, *optional*):
             Return the state after the last position as `cache` (default: `config.use_cache` in eval mode).
         """
         if kwargs:
             cache = _cache_argument(cache, kwargs, "LSTMLMModel.forward")
-        output_hidden_states = (
-            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
-        )
-        use_cache = use_cache if use_cache is not None else (self.config.use_cache and not self.training)
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        config = self.config
+        output_hidden_states = output_hidden_states if output_hidden_states is not None else config.output_hidden_states
+        use_cache = use_cache if use_cache is not None else (config.use_cache and not self.training)
+        return_dict = return_dict if return_dict is not None else config.return_dict
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("You must specify exactly one of `input_ids` or `inputs_embeds`")
         if inputs_embeds is None:
             inputs_embeds = self._embed(input_ids)  # (batch, seq, embedding_size)
-        elif inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != self.config.embedding_size:
+        elif inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != config.embedding_size:
             raise ValueError(
-                f"`inputs_embeds` must have shape (batch, sequence, {self.config.embedding_size}), "
+                f"`inputs_embeds` must have shape (batch, sequence, {config.embedding_size}), "
                 f"got {tuple(inputs_embeds.shape)}"
             )
         batch_size, seq_len = inputs_embeds.shape[:2]
-        if cache is not None and not isinstance(cache, LSTMLMCache):
-            raise ValueError(f"`cache` must be an LSTMLMCache (as returned by this model), got {type(cache).__name__}")
         if cache is not None:
-            _check_cache_batch(cache.get_state(0), batch_size)
-        if use_cache and cache is None:
-            cache = LSTMLMCache(config=self.config)
-
+            _check_cache(cache, batch_size)
+        elif use_cache:
+            cache = LSTMLMCache(config=config)
         mask = self._prepare_mask(attention_mask, batch_size, seq_len)  # (batch, seq) bool, or None if no padding
-        if self.direct_decode and seq_len == 1 and mask is None and not self.training and not torch.is_grad_enabled():
-            # One token in inference (every decoding step of `generate`): the direct step, not the fused kernel.
-            output, all_hidden_states = self._decode_step(inputs_embeds, cache, output_hidden_states)
-            if not return_dict:
-                return tuple(v for v in (output, cache if use_cache else None, all_hidden_states) if v is not None)
-            return LSTMLMModelOutput(
-                last_hidden_state=output, cache=cache if use_cache else None, hidden_states=all_hidden_states
-            )
-        variational = self.config.variational_dropout
-        hidden = _dropout(inputs_embeds, self.config.embedding_dropout, self.training, variational)
+
+        # One loop for every path (training, prompts, decoding steps): each layer decides how to run its recurrence.
+        variational = config.variational_dropout
+        hidden = _dropout(inputs_embeds, config.embedding_dropout, self.training, variational)
         all_hidden_states = (hidden,) if output_hidden_states else None
+        last = len(self.layers) - 1
         for layer_idx, layer in enumerate(self.layers):
             state = cache.get_state(layer_idx) if cache is not None else None
-            hidden, (h, c) = self._run_stack_layer(layer, hidden, state, mask)  # (batch, seq, hidden)
+            hidden, (h, c) = layer(hidden, state, mask)  # (batch, seq, hidden)
             if cache is not None:
                 cache.set_state(layer_idx, h, c)
-            if layer_idx < len(self.layers) - 1:
-                hidden = _dropout(hidden, self.config.hidden_dropout, self.training, variational)
-            if output_hidden_states and layer_idx < len(self.layers) - 1:
-                all_hidden_states += (hidden,)
+            if layer_idx < last:
+                hidden = _dropout(hidden, config.hidden_dropout, self.training, variational)
+                if output_hidden_states:
+                    all_hidden_states += (hidden,)
         top = self.proj(hidden) if self.proj is not None else hidden  # (batch, seq, embedding_size)
-        output = _dropout(top, self.config.output_dropout, self.training, variational)
+        output = _dropout(top, config.output_dropout, self.training, variational)
         if output_hidden_states:
             all_hidden_states += (output,)
         if cache is not None:
             cache.seen_tokens += seq_len
 
         regularization_loss = None
-        alpha, beta = self.config.activation_regularization, self.config.temporal_activation_regularization
+        alpha, beta = config.activation_regularization, config.temporal_activation_regularization
         if self.training and (alpha > 0 or beta > 0):
             keep = mask[..., None] if mask is not None else None  # padded positions carry no penalty
             regularization_loss = output.new_zeros(())
@@ -632,37 +561,10 @@ class LSTMLMModel(LSTMLMPreTrainedModel):
             regularization_loss=regularization_loss,
         )
 
-    def _decode_step(self, inputs_embeds: torch.Tensor, cache: LSTMLMCache | None, output_hidden_states: bool):
-        """One position through the stack with `_lstm_cell` (eval, no grad, no padding); updates `cache` in place.
-
-        Matches the fused `nn.LSTM` path (logits within 1e-5, same greedy ids); training and multi-token prefill keep
-        the fused kernels. Returns the output `(batch, 1, embedding_size)` and the hidden states when asked.
-        """
-        hidden = inputs_embeds[:, 0]  # (batch, embedding_size)
-        all_hidden_states = (inputs_embeds,) if output_hidden_states else None
-        last = len(self.layers) - 1
-        for layer_idx, layer in enumerate(self.layers):
-            state = cache.get_state(layer_idx) if cache is not None else None
-            if layer_idx == 0:
-                _check_cache_batch(state, hidden.shape[0])
-            hidden, c = _lstm_cell(layer, hidden, state)  # (batch, hidden)
-            if state is not None:  # `get_state` gives views of the cache slot
-                state[0].copy_(hidden)
-                state[1].copy_(c)
-            elif cache is not None:
-                cache.set_state(layer_idx, hidden, c)
-            if output_hidden_states and layer_idx < last:
-                all_hidden_states += (hidden[:, None],)
-        top = self.proj(hidden) if self.proj is not None else hidden
-        output = top[:, None]  # (batch, 1, embedding_size)
-        if output_hidden_states:
-            all_hidden_states += (output,)
-        if cache is not None:
-            cache.seen_tokens += 1
-        return output, all_hidden_states
-
     @staticmethod
     def _prepare_mask(attention_mask, batch_size: int, seq_len: int) -> torch.Tensor | None:
+        """The mask's last `seq_len` columns as bool, or None when nothing is padded. For more than one token, finding
+        out reads the mask on the host (one synchronisation); a one-token mask goes to the layers' `torch.where`."""
         if attention_mask is None:
             return None
         if attention_mask.dim() != 2 or attention_mask.shape[0] != batch_size or attention_mask.shape[1] < seq_len:
@@ -671,34 +573,9 @@ class LSTMLMModel(LSTMLMPreTrainedModel):
                 f"the current tokens, got {tuple(attention_mask.shape)}"
             )
         mask = attention_mask[:, attention_mask.shape[1] - seq_len :].bool()
+        if seq_len == 1:
+            return mask
         return None if bool(mask.all()) else mask
-
-    def _run_stack_layer(self, layer: nn.LSTM, x: torch.Tensor, state, mask: torch.Tensor | None):
-        """Run one layer; with padding, only each row's real tokens (in order) go through the recurrence."""
-        # Copies, not views: `cache.set_state` overwrites the cache slot in place after this layer, and the LSTM keeps
-        # hx for its backward pass (a batch-1 view would be "contiguous" already, then modified: autograd error).
-        hx = None
-        if state is not None:
-            hx = tuple(s.unsqueeze(0).clone(memory_format=torch.contiguous_format) for s in state)  # (1, batch, hidden)
-        if mask is None:
-            out, (h, c) = self._run_layer(layer, x, hx)
-            return out, (h[0], c[0])
-        batch_size, seq_len, dim = x.shape
-        lengths = mask.sum(dim=1)  # (batch,)
-        # Move each row's real tokens to the front, keeping their order, and run them as a packed sequence.
-        order = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)  # (batch, seq)
-        gathered = x.gather(1, order[..., None].expand(-1, -1, dim))
-        packed = pack_padded_sequence(gathered, lengths.clamp(min=1).cpu(), batch_first=True, enforce_sorted=False)
-        out_packed, (h, c) = self._run_layer(layer, packed, hx)
-        out, _ = pad_packed_sequence(out_packed, batch_first=True, total_length=seq_len)  # zeros past each length
-        out = out.new_zeros(out.shape).scatter(1, order[..., None].expand(-1, -1, out.shape[-1]), out)
-        h, c = h[0], c[0]
-        empty = (lengths == 0)[:, None]  # rows with no real token keep their state
-        if bool(empty.any()):
-            h0 = hx[0][0] if hx is not None else torch.zeros_like(h)
-            c0 = hx[1][0] if hx is not None else torch.zeros_like(c)
-            h, c = torch.where(empty, h0, h), torch.where(empty, c0, c)
-        return out * mask[..., None], (h, c)
 
 
 class LSTMLMForCausalLM(LSTMLMPreTrainedModel, GenerationMixin):
@@ -724,9 +601,11 @@ class LSTMLMForCausalLM(LSTMLMPreTrainedModel, GenerationMixin):
         super().__init__(config)
         self.model = LSTMLMModel(config)
         self.lm_head = nn.Linear(config.embedding_size, config.vocab_size, bias=True)
-        if _quantization_method(config) is not None:  # an int8 folder (see quantization.py): int8 weights
-            reduce_range = config.quantization.get("reduce_range", True)
-            self.lm_head = Int8Linear(config.embedding_size, config.vocab_size, reduce_range=reduce_range)
+        quantization = _quantization(config)
+        if quantization is not None:  # an int8 folder (quantization_lstmlm.py): int8 weights
+            from .quantization_lstmlm import Int8Linear
+
+            self.lm_head = Int8Linear(config.embedding_size, config.vocab_size, quantization["reduce_range"])
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Embedding:
@@ -764,29 +643,6 @@ class LSTMLMForCausalLM(LSTMLMPreTrainedModel, GenerationMixin):
         if kwargs:
             cache = _cache_argument(cache, kwargs, "LSTMLMForCausalLM.forward")
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        if (
-            input_ids is not None
-            and input_ids.dim() == 2
-            and input_ids.shape[1] == 1
-            and isinstance(cache, LSTMLMCache)
-            and labels is None
-            and attention_mask is None
-            and inputs_embeds is None
-            and isinstance(logits_to_keep, int)
-            and not (output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states)
-            and self.model.direct_decode
-            and not self.training
-            and not torch.is_grad_enabled()
-        ):
-            # A decoding step as `generate` sends it (one token and the state): the backbone's direct step without
-            # the generic forward's bookkeeping (a module call, a second ModelOutput, the mask and padding checks).
-            # Same computation as the path below; `tests/test_inference.py` compares the two.
-            output, _ = self.model._decode_step(self.model._embed(input_ids), cache, False)
-            logits = self.lm_head(output)  # (batch, 1, vocab)
-            use_cache = use_cache if use_cache is not None else self.config.use_cache
-            if not return_dict:
-                return (logits, cache) if use_cache else (logits,)
-            return LSTMLMCausalLMOutput(logits=logits, cache=cache if use_cache else None)
         outputs = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -806,9 +662,12 @@ class LSTMLMForCausalLM(LSTMLMPreTrainedModel, GenerationMixin):
                     f"`labels` must have shape {tuple(logits.shape[:2])} (one per input position), "
                     f"got {tuple(labels.shape)}"
                 )
-            valid = labels != -100
-            if bool(((labels < 0) | (labels >= self.config.vocab_size))[valid].any()):
-                raise ValueError(f"`labels` must be -100 or token ids in [0, vocab_size={self.config.vocab_size})")
+            bad = ((labels < 0) | (labels >= self.config.vocab_size)) & (labels != -100)
+            message = f"`labels` must be -100 or token ids in [0, vocab_size={self.config.vocab_size})"
+            if not _checks_on_host(labels):
+                torch._assert_async(~bad.any(), message)  # no host synchronisation on an accelerator
+            elif bool(bad.any()):
+                raise ValueError(message)
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
             if outputs.regularization_loss is not None:
                 penalty = outputs.regularization_loss
@@ -834,10 +693,10 @@ class LSTMLMForCausalLM(LSTMLMPreTrainedModel, GenerationMixin):
             # the state costs O(1) per token, so generation keeps it unless the call itself passes `use_cache=False`.
             logger.info("Generating with the recurrent state although the model's config says `use_cache=False`")
             generation_config.use_cache = True
-        if generation_config.cache_implementation not in (None, "dynamic"):
+        if generation_config.cache_implementation not in (None, "dynamic", "static"):
             raise ValueError(
-                "LSTMLM keeps a fixed-size recurrent state as its cache; "
-                f"`cache_implementation={generation_config.cache_implementation!r}` is not supported"
+                "LSTMLM keeps a fixed-size recurrent state as its cache (None, 'dynamic' and 'static' all give an "
+                f"LSTMLMCache); `cache_implementation={generation_config.cache_implementation!r}` is not supported"
             )
         if generation_config.prefill_chunk_size is not None:
             raise ValueError(
@@ -859,11 +718,22 @@ class LSTMLMForCausalLM(LSTMLMPreTrainedModel, GenerationMixin):
                     f"`cache` must be an LSTMLMCache (for example the `cache` returned by this model or by "
                     f"`generate(..., return_dict_in_generate=True)`), got {type(user_cache).__name__}"
                 )
+            _check_cache(user_cache, None)
             user_cache._is_user_defined = True
             return
         if generation_config.use_cache is False:
             return
+        # A fixed-size state: "static" and "dynamic" are the same object (its slots are updated in place).
         model_kwargs["cache"] = LSTMLMCache(config=self.config)
+
+    def _beam_search(self, *args, **kwargs):
+        """Beam search, after which the cache is marked: its rows are the beams, not the returned sequences, so
+        passing it back raises a clear error instead of silently continuing other text."""
+        try:
+            return super()._beam_search(*args, **kwargs)
+        finally:
+            if isinstance(kwargs.get("cache"), LSTMLMCache):
+                kwargs["cache"].from_beam_search = True
 
     def prepare_inputs_for_generation(
         self,
@@ -891,7 +761,7 @@ class LSTMLMForCausalLM(LSTMLMPreTrainedModel, GenerationMixin):
             # logits_to_keep, output_*) go through as the generic method would. Built here because the generic method
             # inspects `forward`'s signature and walks the parameters for the device on every step (~0.1 ms a token).
             model_inputs = {k: v for k, v in kwargs.items() if k != "labels"}
-            model_inputs["input_ids"] = input_ids[:, -1:].to(self.model.embed_tokens.weight.device)
+            model_inputs["input_ids"] = input_ids[:, -1:]
             model_inputs["cache"] = cache
             return model_inputs
         model_inputs = super().prepare_inputs_for_generation(
@@ -1003,6 +873,7 @@ LSTMLMForCausalLM.register_for_auto_class("AutoModelForCausalLM")
 LSTMLMForSequenceClassification.register_for_auto_class("AutoModelForSequenceClassification")
 
 __all__ = [
+    "LSTMLMLayer",
     "LSTMLMCache",
     "LSTMLMPreTrainedModel",
     "LSTMLMModel",

@@ -6,8 +6,8 @@ Two graphs, the LSTM state as explicit inputs and outputs:
   logits at each row's last real token and the state after it (`h`, `c`: `(num_layers, batch, hidden)`). Padding may
   sit anywhere, as in the PyTorch model: each row's real tokens are moved to the front (a stable partition) and the
   LSTMs run with per-row lengths (the ONNX LSTM op's `sequence_lens`), so padding never touches the state.
-- `decode_step.onnx`: `(input_ids (batch, 1), h, c) -> (logits (batch, vocab), h, c)`, one token on the state; each
-  layer is two matmuls and the gate math, as in the model's own decode step.
+- `decode_step.onnx`: `(input_ids (batch, 1), h, c) -> (logits (batch, vocab), h, c)`, one token on the state, traced
+  through the model's own layers (each `LSTMLMLayer.step`), so the graph is the model's decoding step.
 
 Batch and sequence axes are dynamic. Exported with torch's TorchScript-based exporter (`dynamo=False`): the dynamo
 exporter needs `onnxscript`, which this project does not depend on, and the TorchScript exporter maps packed
@@ -53,14 +53,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from transformers.utils import logging
 
 from .data import count_words, tokenize_text
 from .evaluation import PerplexityResult
-from .modeling_lstmlm import _quantization_method
 
 logger = logging.get_logger(__name__)
 
@@ -76,14 +74,15 @@ QUANTIZE_METHODS = (INT8,)
 def _check_exportable(model) -> None:
     if not hasattr(model, "lm_head") or not hasattr(model, "model"):
         raise ValueError(f"`model` must be an LSTMLMForCausalLM, got {type(model).__name__}")
-    if _quantization_method(model.config) is not None:
+    if getattr(model.config, "quantization", None) is not None:
         raise ValueError("ONNX export takes a float model; this one is quantized (`config.quantization` is set)")
 
 
 class OnnxDecodeStep(nn.Module):
     """One token on an explicit state: `(input_ids (B, 1), h (L, B, H), c (L, B, H)) -> (logits (B, V), h, c)`.
 
-    Reads the wrapped model's parameters (no copies); the math is the model's decode step (gate order i, f, g, o).
+    Calls the wrapped model's own modules (embedding, each `LSTMLMLayer` on one token, i.e. its `step`, projection,
+    head), so the graph is the model's decoding step: no second copy of the recurrence.
     """
 
     def __init__(self, model):
@@ -93,18 +92,13 @@ class OnnxDecodeStep(nn.Module):
 
     def forward(self, input_ids: torch.LongTensor, h: torch.Tensor, c: torch.Tensor):
         backbone = self.lm.model
-        x = F.embedding(input_ids[:, 0], backbone.embed_tokens.weight)  # (batch, embedding_size)
+        x = backbone.embed_tokens(input_ids)  # (batch, 1, embedding_size)
         new_h, new_c = [], []
         for layer_idx, layer in enumerate(backbone.layers):
-            gates = F.linear(x, layer.weight_ih_l0, layer.bias_ih_l0) + F.linear(
-                h[layer_idx], layer.weight_hh_l0, layer.bias_hh_l0
-            )  # (batch, 4 * hidden)
-            i, f, g, o = gates.chunk(4, dim=1)
-            cell = torch.sigmoid(f) * c[layer_idx] + torch.sigmoid(i) * torch.tanh(g)
-            x = torch.sigmoid(o) * torch.tanh(cell)  # (batch, hidden)
-            new_h.append(x)
-            new_c.append(cell)
-        top = backbone.proj(x) if backbone.proj is not None else x
+            x, (h_new, c_new) = layer(x, (h[layer_idx], c[layer_idx]))  # (batch, 1, hidden)
+            new_h.append(h_new)
+            new_c.append(c_new)
+        top = backbone.proj(x[:, 0]) if backbone.proj is not None else x[:, 0]
         return self.lm.lm_head(top), torch.stack(new_h), torch.stack(new_c)  # (batch, vocab), (L, batch, hidden) x 2
 
 
@@ -125,16 +119,17 @@ class OnnxPrefill(nn.Module):
         lengths = real.sum(dim=1)  # (batch,)
         # A stable partition without a sort: real tokens to the front in order, padding behind them.
         dest = torch.where(real.bool(), real.cumsum(1) - 1, lengths[:, None] + (1 - real).cumsum(1) - 1)
-        x = F.embedding(input_ids, backbone.embed_tokens.weight)  # (batch, seq, embedding_size)
+        x = backbone.embed_tokens(input_ids)  # (batch, seq, embedding_size)
         x = torch.zeros_like(x).scatter(1, dest[..., None].expand_as(x), x)
         run_lengths = lengths.clamp(min=1)
+        zeros = x.new_zeros(x.shape[0], self.lm.config.hidden_size)  # (batch, hidden), the batch axis stays dynamic
         hs, cs = [], []
         for layer in backbone.layers:
             packed = pack_padded_sequence(x, run_lengths, batch_first=True, enforce_sorted=False)
-            out, (h, c) = layer(packed)
+            out, (h, c) = layer(packed, (zeros, zeros))  # the model's own layer, on a packed sequence
             x, _ = pad_packed_sequence(out, batch_first=True)  # (batch, max length, hidden), zeros past each length
-            hs.append(h[0])
-            cs.append(c[0])
+            hs.append(h)
+            cs.append(c)
         last = (run_lengths - 1)[:, None, None].expand(-1, 1, x.shape[-1])
         top = x.gather(1, last)[:, 0]  # (batch, hidden) at each row's last real token
         top = backbone.proj(top) if backbone.proj is not None else top

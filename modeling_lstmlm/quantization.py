@@ -11,9 +11,9 @@ embedding stays (and a tied output layer gets its own int8 copy). For the fastes
 
 `quantize_model` records `{"method": "int8", ...}` in `model.config.quantization`; `save_pretrained` then writes a
 folder of int8 weights that `AutoModelForCausalLM.from_pretrained` (or `trust_remote_code=True`) loads as int8: the
-model classes (`Int8LSTM`, `Int8Linear` in modeling_lstmlm.py, which travels as remote code) build the int8 modules
-from that entry before the weights are loaded. `scripts/quantize.py` does this for a saved folder and reports the
-perplexity before and after.
+model classes build the int8 modules (`Int8LSTMLMLayer`, `Int8Linear` in quantization_lstmlm.py, which travels as
+remote code next to modeling_lstmlm.py) from that entry before the weights are loaded. `scripts/quantize.py` does
+this for a saved folder and reports the perplexity before and after.
 
 Why these kernels and not torchao: torchao 0.18's int8 configs (`Int8DynamicActivationInt8WeightConfig`,
 `Int8WeightOnlyConfig`) run in eager mode on x86 through generic int8 matmuls that are slower than the float matmul at
@@ -35,18 +35,18 @@ Example:
 
 from torch import nn
 
-from .modeling_lstmlm import _QUANTIZATION_METHODS, Int8Linear, Int8LSTM, quantize_int8
+from .quantization_lstmlm import QUANTIZATION_METHODS, Int8Linear, Int8LSTMLMLayer, quantize_int8
 
 INT8 = "int8"
 
 
 def quantize_model(model: nn.Module, method: str = INT8, reduce_range: bool = True) -> nn.Module:
     """Quantize a float LSTMLM model in place with `method` and return it in eval mode. `"int8"`:
-    `modeling_lstmlm.modeling_lstmlm.quantize_int8`, which says what changes; `from_pretrained(folder,
+    `modeling_lstmlm.quantization_lstmlm.quantize_int8`, which says what changes; `from_pretrained(folder,
     quantize="int8")` does the same while loading.
     """
-    if method not in _QUANTIZATION_METHODS:
-        raise ValueError(f"`method` must be one of {_QUANTIZATION_METHODS}, got {method!r}")
+    if method not in QUANTIZATION_METHODS:
+        raise ValueError(f"`method` must be one of {QUANTIZATION_METHODS}, got {method!r}")
     return quantize_int8(model, reduce_range=reduce_range)
 
 
@@ -71,4 +71,4 @@ def perplexity_report(model, tokenizer, text: str, windows=(256, 1), show_progre
     return report
 
 
-__all__ = ["INT8", "Int8LSTM", "Int8Linear", "perplexity_report", "quantize_model"]
+__all__ = ["INT8", "Int8LSTMLMLayer", "Int8Linear", "perplexity_report", "quantize_model"]

@@ -441,13 +441,12 @@ def test_resume_errors_name_the_problem(model):
         ({"prompt_lookup_num_tokens": 3}, "not supported with stateful models"),
         ({"assistant_model": "self"}, "not supported with stateful models"),
         ({"cache": "dynamic"}, "`cache` must be an LSTMLMCache"),
-        ({"cache_implementation": "static"}, "`cache_implementation='static'` is not supported"),
         ({"cache_implementation": "offloaded"}, "`cache_implementation='offloaded'` is not supported"),
         ({"cache_implementation": "paged"}, "`cache_implementation='paged'` is not supported"),
         ({"prefill_chunk_size": 2}, "`prefill_chunk_size` is not supported"),
         ({"output_attentions": True, "return_dict_in_generate": True}, "has no attention"),
     ],
-    ids=["prompt-lookup", "assisted", "dynamic-cache", "static", "offloaded", "paged", "chunked-prefill", "attentions"],
+    ids=["prompt-lookup", "assisted", "dynamic-cache", "offloaded", "paged", "chunked-prefill", "attentions"],
 )
 def test_modes_that_cannot_work_on_a_recurrent_state_raise(model, kwargs, message):
     kwargs = dict(kwargs)

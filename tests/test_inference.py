@@ -14,9 +14,10 @@ from conftest import REPO_ROOT, make_tiny_config
 from transformers import AutoModelForCausalLM
 
 from modeling_lstmlm import LSTMLMCache, LSTMLMForCausalLM, LSTMLMModel
-from modeling_lstmlm.modeling_lstmlm import Int8Linear, Int8LSTM
+from modeling_lstmlm.modeling_lstmlm import LSTMLMLayer
 from modeling_lstmlm.onnx_export import OnnxLSTMLM, compare_with_model, export_onnx
 from modeling_lstmlm.quantization import quantize_model
+from modeling_lstmlm.quantization_lstmlm import Int8Linear, Int8LSTMLMLayer
 
 SHAPES = {"tied": {}, "projection": {"embedding_size": 8, "tie_word_embeddings": True}}
 
@@ -38,6 +39,18 @@ def _count_calls(modules):
         calls[0] += 1
 
     return calls, [module.register_forward_hook(hook) for module in modules]
+
+
+def _count_steps(monkeypatch, cls=LSTMLMLayer):
+    """Counts calls of `cls.step` (the one-token recurrence) by patching it; returns the counter list."""
+    calls, original = [0], cls.step
+
+    def step(self, x, state):
+        calls[0] += 1
+        return original(self, x, state)
+
+    monkeypatch.setattr(cls, "step", step)
+    return calls
 
 
 def _steps(model, ids, prompt_length, direct):
@@ -86,18 +99,22 @@ def test_greedy_ids_are_identical_on_both_step_paths(batch, shape):
     assert direct.tolist() == fused.tolist()
 
 
-def test_generate_decodes_without_calling_nn_lstm():
+def test_generate_decodes_through_the_layer_modules_with_their_step(monkeypatch):
+    # Every use of a layer is a module call (hooks, offload and adapters see it); one-token calls run `step`.
     model = _model()
+    layers = model.config.num_hidden_layers
     calls, handles = _count_calls(model.model.layers)
+    steps = _count_steps(monkeypatch)
     model.generate(_ids(2, 6), max_new_tokens=10, do_sample=False, eos_token_id=None)
-    assert calls[0] == model.config.num_hidden_layers  # the prompt only: once per layer
-    calls[0] = 0
+    assert calls[0] == 10 * layers  # the prompt and 9 steps, each a call of every layer
+    assert steps[0] == 9 * layers  # the 9 steps through `step`, the prompt through the fused kernel
+    calls[0] = steps[0] = 0
     model.generate(_ids(1, 1), max_new_tokens=10, do_sample=False, eos_token_id=None)
-    assert calls[0] == 0  # a one-token prompt is a decoding step too
-    calls[0] = 0
+    assert calls[0] == steps[0] == 10 * layers  # a one-token prompt is a decoding step too
+    calls[0] = steps[0] = 0
     model.model.direct_decode = False
     model.generate(_ids(2, 6), max_new_tokens=10, do_sample=False, eos_token_id=None)
-    assert calls[0] == 10 * model.config.num_hidden_layers  # the nn.LSTM step path: the prompt and 9 steps
+    assert calls[0] == 10 * layers and steps[0] == 0  # the fused-kernel step path: the prompt and 9 steps
     for handle in handles:
         handle.remove()
 
@@ -106,10 +123,11 @@ def test_generate_decodes_without_calling_nn_lstm():
     "context",
     ["train-mode", "grad-enabled", "multi-token", "padded"],
 )
-def test_training_prompts_and_padding_keep_the_fused_kernel(context):
+def test_one_token_runs_the_step_in_every_mode_and_longer_inputs_the_fused_kernel(context, monkeypatch):
     model = _model()
     cache = model(_ids(2, 3), use_cache=True).cache
     calls, handles = _count_calls(model.model.layers)
+    steps = _count_steps(monkeypatch)
     if context == "train-mode":
         model.train()
         model(_ids(2, 1), cache=cache, use_cache=True).logits.sum().backward()
@@ -122,8 +140,32 @@ def test_training_prompts_and_padding_keep_the_fused_kernel(context):
         with torch.no_grad():
             model(_ids(2, 1), attention_mask=torch.tensor([[1], [0]]), cache=cache, use_cache=True)
     assert calls[0] == model.config.num_hidden_layers
+    assert steps[0] == (0 if context == "multi-token" else model.config.num_hidden_layers)
+    if context in ("train-mode", "grad-enabled"):  # the step is differentiable
+        assert model.model.layers[0].weight_hh_l0.grad.abs().sum() > 0
     for handle in handles:
         handle.remove()
+
+
+def test_padded_one_token_step_keeps_the_padded_rows_state():
+    model = _model()
+    with torch.no_grad():
+        cache = model(_ids(2, 3), use_cache=True).cache
+        before = [tuple(t.clone() for t in cache.get_state(i)) for i in range(model.config.num_hidden_layers)]
+        alone = model(_ids(2, 1)[:1], cache=_row(cache, 0), use_cache=True)
+        out = model(_ids(2, 1), attention_mask=torch.tensor([[1], [0]]), cache=cache, use_cache=True)
+    torch.testing.assert_close(out.logits[:1], alone.logits, rtol=0, atol=1e-6)
+    for i in range(model.config.num_hidden_layers):
+        for got, want, kept in zip(cache.get_state(i), alone.cache.get_state(i), before[i], strict=True):
+            torch.testing.assert_close(got[:1], want, rtol=0, atol=1e-6)
+            torch.testing.assert_close(got[1:], kept[1:], rtol=0, atol=0)  # the padded row did not move
+
+
+def _row(cache, row):
+    """A copy of `cache` holding only batch row `row`."""
+    new = copy.deepcopy(cache)
+    new.reorder_cache(torch.tensor([row]))
+    return new
 
 
 def test_direct_step_reads_the_weights_after_an_optimizer_step():
@@ -260,7 +302,7 @@ def test_quantize_model_replaces_the_layers_and_stays_close_to_float():
     with torch.no_grad():
         expected = model(ids).logits
     quantized = quantize_model(copy.deepcopy(model))
-    assert all(isinstance(layer, Int8LSTM) for layer in quantized.model.layers)
+    assert all(isinstance(layer, Int8LSTMLMLayer) for layer in quantized.model.layers)
     assert isinstance(quantized.lm_head, Int8Linear)
     assert quantized.config.quantization == {"method": "int8", "reduce_range": True}
     assert quantized.config.tie_word_embeddings is False
@@ -271,28 +313,30 @@ def test_quantize_model_replaces_the_layers_and_stays_close_to_float():
     torch.testing.assert_close(steps, full[:, 3:], rtol=0, atol=_logit_tolerance(expected))
 
 
-def test_int8_decoding_runs_the_int8_cell_not_the_fused_kernel():
+def test_int8_decoding_runs_the_int8_step_not_the_fused_kernel(monkeypatch):
     model = quantize_model(_model())
     linear_calls, linear_handles = _count_calls([m for m in model.modules() if isinstance(m, Int8Linear)])
     lstm_calls, lstm_handles = _count_calls(model.model.layers)
+    steps = _count_steps(monkeypatch, Int8LSTMLMLayer)
     model.generate(_ids(1, 5), max_new_tokens=6, do_sample=False, eos_token_id=None)
     layers = model.config.num_hidden_layers
-    assert lstm_calls[0] == layers  # the prompt only; the 5 steps go through `Int8LSTM.cell`
+    assert lstm_calls[0] == 6 * layers  # the prompt and the 5 steps, each a module call
+    assert steps[0] == 5 * layers  # the 5 steps go through `Int8LSTMLMLayer.step`
     assert linear_calls[0] == 1 + 5  # the head: once for the prompt, once per step
     for handle in linear_handles + lstm_handles:
         handle.remove()
 
 
 @pytest.mark.parametrize("reduce_range", [True, False])
-def test_int8_cell_equals_the_int8_matmuls_and_gate_math(reduce_range):
+def test_int8_step_equals_the_int8_matmuls_and_gate_math(reduce_range):
     torch.manual_seed(0)
-    layer = Int8LSTM.from_float(torch.nn.LSTM(24, 16, batch_first=True), reduce_range=reduce_range)
+    layer = Int8LSTMLMLayer.from_float(LSTMLMLayer(24, 16), reduce_range=reduce_range)
     x, h, c = torch.randn(3, 24) * 3, torch.randn(3, 16), torch.randn(3, 16)
     with torch.no_grad():
         i, f, g, o = (layer.ih(x) + layer.hh(h)).chunk(4, dim=1)  # the two int8 matmuls (Int8Linear)
         c_expected = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
         h_expected = torch.sigmoid(o) * torch.tanh(c_expected)
-        h_new, c_new = layer.cell(x, (h, c))
+        h_new, c_new = layer.step(x, (h, c))
     torch.testing.assert_close(c_new, c_expected, rtol=0, atol=1e-6)
     torch.testing.assert_close(h_new, h_expected, rtol=0, atol=1e-6)
 
@@ -316,13 +360,13 @@ def test_from_pretrained_quantize_int8_equals_quantize_model(tmp_path):
     float_model.save_pretrained(tmp_path / "float")
     expected = quantize_model(copy.deepcopy(float_model))
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "float", quantize="int8")
-    assert isinstance(loaded.lm_head, Int8Linear) and all(isinstance(x, Int8LSTM) for x in loaded.model.layers)
+    assert isinstance(loaded.lm_head, Int8Linear) and all(isinstance(x, Int8LSTMLMLayer) for x in loaded.model.layers)
     assert loaded.config.quantization == {"method": "int8", "reduce_range": True} and not loaded.training
     assert loaded.state_dict().keys() == expected.state_dict().keys()
     for name, tensor in expected.state_dict().items():
         assert torch.equal(loaded.state_dict()[name], tensor), name
     backbone = LSTMLMModel.from_pretrained(tmp_path / "float", quantize="int8")  # the other heads too
-    assert all(isinstance(x, Int8LSTM) for x in backbone.layers)
+    assert all(isinstance(x, Int8LSTMLMLayer) for x in backbone.layers)
     expected.save_pretrained(tmp_path / "int8")  # an int8 folder loads as it is, with or without the argument
     again = AutoModelForCausalLM.from_pretrained(tmp_path / "int8", quantize="int8")
     for name, tensor in expected.state_dict().items():

@@ -14,6 +14,7 @@ from safetensors import safe_open
 from transformers import AutoModel, AutoModelForCausalLM
 
 from modeling_lstmlm import LSTMLMCache, LSTMLMConfig, LSTMLMForCausalLM, LSTMLMModel
+from modeling_lstmlm.modeling_lstmlm import LSTMLMLayer
 
 
 def _ids(batch=2, seq=7, vocab=64, seed=0):
@@ -32,8 +33,13 @@ def _model(**overrides):
 def test_architecture_is_embedding_lstm_stack_head(tiny_model, tiny_config):
     backbone = tiny_model.model
     assert isinstance(backbone.embed_tokens, torch.nn.Embedding)
-    assert [type(layer) for layer in backbone.layers] == [torch.nn.LSTM] * tiny_config.num_hidden_layers
-    assert all(layer.num_layers == 1 and layer.batch_first for layer in backbone.layers)
+    assert [type(layer) for layer in backbone.layers] == [LSTMLMLayer] * tiny_config.num_hidden_layers
+    # The parameters of a one-layer nn.LSTM, under its names (folders saved with nn.LSTM layers load unchanged).
+    reference = torch.nn.LSTM(tiny_config.embedding_size, tiny_config.hidden_size, batch_first=True)
+    for layer in backbone.layers:
+        assert {k: v.shape for k, v in layer.state_dict().items()} == {
+            k: v.shape for k, v in reference.state_dict().items()
+        }
     assert backbone.proj is None
     assert tiny_model.lm_head.weight.shape == (tiny_config.vocab_size, tiny_config.embedding_size)
     assert tiny_model._is_stateful

@@ -13,12 +13,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import REPO_ROOT, make_tiny_config
-from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback, TrainingArguments
 from transformers.trainer_callback import ProgressCallback
 
 from modeling_lstmlm import LSTMLMCache, LSTMLMForCausalLM
 from modeling_lstmlm.data import BPTTStreams, LMCollator, TokenBlocks
+from modeling_lstmlm.modeling_lstmlm import LSTMLMLayer
 from modeling_lstmlm.training import (
     BPTT_STATE_FILE,
     DataArguments,
@@ -480,23 +480,24 @@ def test_resume_without_saved_state_warns(tmp_path, caplog):
 # -- regularisers ----------------------------------------------------------------------------------------------------
 
 
-def test_weight_drop_new_mask_each_training_forward_off_in_eval_still_nn_lstm():
+def test_weight_drop_new_mask_each_training_forward_off_in_eval_inside_the_layer():
     torch.manual_seed(0)
     model = LSTMLMForCausalLM(make_tiny_config(weight_dropout=0.5, initializer_range=1.0))
     layer = model.model.layers[0]
-    assert all(isinstance(m, nn.LSTM) for m in model.model.layers)
+    assert all(isinstance(m, LSTMLMLayer) for m in model.model.layers)
     seen = []
-    original_forward = nn.LSTM.forward
+    original_weights = LSTMLMLayer._weights
 
-    def spy(self, input, hx=None):  # the fused nn.LSTM still runs; record the hidden weights it runs with
+    def spy(self):  # the layer's kernels run with what `_weights` gives; record its hidden weights
+        weights = original_weights(self)
         if self is layer:
-            seen.append(self.weight_hh_l0.detach().clone())
-        return original_forward(self, input, hx)
+            seen.append(weights[1].detach().clone())
+        return weights
 
     ids = torch.randint(0, 64, (2, 6))
     original = layer.weight_hh_l0.detach().clone()
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(nn.LSTM, "forward", spy)
+        patch.setattr(LSTMLMLayer, "_weights", spy)
         model.train()
         model(input_ids=ids)
         model(input_ids=ids)
