@@ -1,0 +1,434 @@
+"""Faster CPU kernels for the one-token decoding step of an LSTM layer and for the output layer, picked per machine.
+
+On a CPU, a decoding step reads every weight once per token, so its speed is set by how fast the matrix-vector (or
+few-row matrix) products stream the weights. torch's float32 `F.linear` / `torch.lstm_cell` go through MKL, which is
+fast on Intel and several times slower on AMD; oneDNN (inside torch) and onnxruntime's MLAS are fast on both. So each
+layer tries the kernels it can run on this machine, on its own weights, the first time it decodes a token (about
+0.1-0.3 s, once per process and shape), keeps the fastest, and records which and why (modules with less than 256 KiB
+of weights keep ATen without measuring):
+
+- `"aten"`: ATen's one-step `torch.lstm_cell` (or `F.linear` for the output layer), on the weights as they are;
+- `"onednn"`: one oneDNN product of `[W_ih | W_hh]` (packed once by `torch.ops.mkldnn._reorder_linear_weight`) with
+  `[x | h]`, then the gate math;
+- `"onnxruntime"`: one onnxruntime session per layer (concat, one `Gemm`, the gate math in the graph), only where
+  `onnx` and `onnxruntime` are installed (`pip install lstmlm[onnx]`); imported lazily, never required.
+
+The packed kernels hold copies of the weights (the float32 weights twice in memory while decoding). Every call checks
+that the copies are current (`data_ptr()` and `_version` of each weight, its shape, the torch thread count) and
+rebuilds them otherwise, so training, `load_state_dict` or any in-place edit between calls is picked up. They are used
+only in inference (`not module.training`, no autograd), for plain float32 CPU tensors, on a module without hooks or
+parametrizations (accelerate's offload hooks, PEFT's parametrized adapters, user hooks: all of these may change the
+weights around the call); everything else runs the plain ATen path. The result equals ATen's step within float32
+rounding (a different summation order: differences of a few 1e-7 relative, `tests/test_kernels.py` bounds them).
+
+Set `module.decode_kernel = "aten" | "onednn" | "onnxruntime"` on an `LSTMLMLayer` or the output layer to force one
+(`"auto"`, the default, benchmarks); `module.decode_kernel_choice` holds `(kernel, reason)` once chosen.
+
+This file travels as remote code next to `modeling_lstmlm.py`: it imports only torch and transformers (numpy, onnx and
+onnxruntime lazily, inside the functions that use them, each optional).
+"""
+
+import platform
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils import parametrize
+from transformers.utils import logging
+
+logger = logging.get_logger(__name__)
+
+KERNELS = ("aten", "onednn", "onnxruntime")
+# Below this many bytes of weights a module keeps ATen (no benchmark, no copy): the weights sit in cache, and the
+# fixed cost of a packed kernel's call (a few microseconds more than ATen's) is what would be measured.
+SMALL_WEIGHTS_BYTES = 256 * 1024
+
+
+def cpu_description() -> str:
+    """`vendor model (isa)` of this CPU, for the recorded reason of a kernel choice."""
+    vendor = model = ""
+    flags = set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key == "vendor_id" and not vendor:
+                    vendor = value.strip()
+                elif key == "model name" and not model:
+                    model = value.strip()
+                elif key == "flags" and not flags:
+                    flags = set(value.split())
+                if vendor and model and flags:
+                    break
+    except OSError:
+        model = platform.processor()
+    isa = [f for f in ("avx2", "avx512f", "avx512_vnni", "amx_tile") if f in flags]
+    return f"{vendor or 'unknown vendor'} {model or 'unknown model'} ({' '.join(isa) or 'no avx2'})"
+
+
+def _plain(*tensors: torch.Tensor) -> bool:
+    return all(
+        type(t) in (torch.Tensor, nn.Parameter)
+        and t.device.type == "cpu"
+        and t.dtype == torch.float32
+        and t.layout == torch.strided
+        for t in tensors
+    )
+
+
+def fast_path_allowed(module: nn.Module, *tensors: torch.Tensor) -> bool:
+    """Whether a packed kernel may stand in for `module`'s plain computation on these tensors: inference (no autograd,
+    eval mode), no hooks or parametrizations on the module, plain float32 CPU tensors."""
+    return (
+        not module.training
+        and not torch.is_grad_enabled()
+        and not module._forward_hooks
+        and not module._forward_pre_hooks
+        and getattr(module, "_hf_hook", None) is None
+        and not parametrize.is_parametrized(module)
+        and _plain(*tensors)
+    )
+
+
+def _key(tensors) -> tuple:
+    return tuple((t.data_ptr(), t._version, tuple(t.shape)) for t in tensors) + (torch.get_num_threads(),)
+
+
+# ----------------------------------------------------------------------------- kernels
+
+
+def _gate_math_ifog(gates: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The LSTM gate math on pre-activations in the order input, forget, output, cell (the packed kernels reorder the
+    rows so that one sigmoid covers three gates)."""
+    hidden = c.shape[1]
+    sig = torch.sigmoid(gates[:, : 3 * hidden])
+    g = torch.tanh(gates[:, 3 * hidden :])
+    c = torch.addcmul(sig[:, hidden : 2 * hidden] * c, sig[:, :hidden], g)
+    h = sig[:, 2 * hidden :] * torch.tanh(c)
+    return h, c
+
+
+def _ifgo_to_ifog(t: torch.Tensor) -> torch.Tensor:
+    hidden = t.shape[0] // 4
+    return torch.cat((t[: 2 * hidden], t[3 * hidden :], t[2 * hidden : 3 * hidden]))
+
+
+def _onednn_available() -> bool:
+    try:
+        return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
+    except (AttributeError, RuntimeError):
+        return False
+
+
+class _OneDNNLinear:
+    """`x @ W^T + b` with W packed once into oneDNN's blocked layout."""
+
+    name = "onednn"
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None):
+        self.weight = torch.ops.mkldnn._reorder_linear_weight(weight.detach().contiguous(), 1)
+        self.bias = None if bias is None else bias.detach().clone()
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
+
+
+class _OneDNNStep:
+    name = "onednn"
+
+    def __init__(self, w_ih, w_hh, b_ih, b_hh):
+        weight = _ifgo_to_ifog(torch.cat((w_ih.detach(), w_hh.detach()), dim=1))  # (4H, input + H)
+        self.linear = _OneDNNLinear(weight, _ifgo_to_ifog(b_ih.detach() + b_hh.detach()))
+
+    def __call__(self, x, h, c):
+        return _gate_math_ifog(self.linear(torch.cat((x, h), dim=1)), c)
+
+
+def _onnxruntime_modules():
+    """`(onnx, onnxruntime)`, or None where either is missing (both are optional)."""
+    try:
+        import onnx
+        import onnxruntime
+    except ImportError:
+        return None
+    return onnx, onnxruntime
+
+
+def _ort_session(nodes, inputs, outputs, initializers):
+    onnx, ort = _onnxruntime_modules()
+    helper, numpy_helper = onnx.helper, onnx.numpy_helper
+    float_type = onnx.TensorProto.FLOAT
+    graph = helper.make_graph(
+        nodes,
+        "lstmlm_kernel",
+        [helper.make_tensor_value_info(name, float_type, ["batch", size]) for name, size in inputs],
+        [helper.make_tensor_value_info(name, float_type, ["batch", size]) for name, size in outputs],
+        [numpy_helper.from_array(t.detach().contiguous().numpy(), name) for name, t in initializers.items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = min(model.ir_version, 9)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+class _OrtLinear:
+    name = "onnxruntime"
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None):
+        helper = _onnxruntime_modules()[0].helper
+        out_features, in_features = weight.shape
+        init = {"weight": weight}
+        if bias is not None:
+            init["bias"] = bias
+        node = helper.make_node("Gemm", ["x", "weight"] + (["bias"] if bias is not None else []), ["y"], transB=1)
+        self.session = _ort_session([node], [("x", in_features)], [("y", out_features)], init)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self.session.run(None, {"x": x.contiguous().numpy()})[0])
+
+
+class _OrtStep:
+    name = "onnxruntime"
+
+    def __init__(self, w_ih, w_hh, b_ih, b_hh):
+        helper = _onnxruntime_modules()[0].helper
+        hidden, input_size = w_hh.shape[1], w_ih.shape[1]
+        make = helper.make_node
+        nodes = [
+            make("Concat", ["x", "h"], ["xh"], axis=1),
+            make("Gemm", ["xh", "weight", "bias"], ["gates"], transB=1),
+            make("Split", ["gates", "split"], ["i_", "f_", "g_", "o_"], axis=1),
+            make("Sigmoid", ["i_"], ["i"]),
+            make("Sigmoid", ["f_"], ["f"]),
+            make("Tanh", ["g_"], ["g"]),
+            make("Sigmoid", ["o_"], ["o"]),
+            make("Mul", ["f", "c"], ["fc"]),
+            make("Mul", ["i", "g"], ["ig"]),
+            make("Add", ["fc", "ig"], ["c_out"]),
+            make("Tanh", ["c_out"], ["tc"]),
+            make("Mul", ["o", "tc"], ["h_out"]),
+        ]
+        init = {
+            "weight": torch.cat((w_ih.detach(), w_hh.detach()), dim=1),  # (4H, input + H), gates i, f, g, o
+            "bias": b_ih.detach() + b_hh.detach(),
+            "split": torch.full((4,), hidden, dtype=torch.int64),
+        }
+        session_inputs = [("x", input_size), ("h", hidden), ("c", hidden)]
+        self.session = _ort_session(nodes, session_inputs, [("h_out", hidden), ("c_out", hidden)], init)
+
+    def __call__(self, x, h, c):
+        feed = {"x": x.contiguous().numpy(), "h": h.contiguous().numpy(), "c": c.contiguous().numpy()}
+        h, c = self.session.run(None, feed)
+        return torch.from_numpy(h), torch.from_numpy(c)
+
+
+class _AtenStep:
+    name = "aten"
+
+    def __init__(self, w_ih, w_hh, b_ih, b_hh):
+        self.weights = (w_ih, w_hh, b_ih, b_hh)
+
+    def __call__(self, x, h, c):
+        return torch.lstm_cell(x, (h, c), *self.weights)
+
+
+class _AtenLinear:
+    name = "aten"
+
+    def __init__(self, weight, bias):
+        self.weight, self.bias = weight, bias
+
+    def __call__(self, x):
+        return F.linear(x, self.weight, self.bias)
+
+
+_STEP_KERNELS = {"aten": _AtenStep, "onednn": _OneDNNStep, "onnxruntime": _OrtStep}
+_LINEAR_KERNELS = {"aten": _AtenLinear, "onednn": _OneDNNLinear, "onnxruntime": _OrtLinear}
+
+
+def available_kernels() -> tuple[str, ...]:
+    """The kernels this machine's installation can run (`aten` always)."""
+    names = ["aten"]
+    if _onednn_available():
+        names.append("onednn")
+    if _onnxruntime_modules() is not None:
+        names.append("onnxruntime")
+    return tuple(names)
+
+
+# ----------------------------------------------------------------------------- choice per machine
+
+# (kind, shapes, threads) -> (kernel name, reason): each shape is measured once per process.
+_CHOICES: dict[tuple, tuple[str, str]] = {}
+
+
+def _time_candidates(candidates: dict, make_args, batch_sizes=(1, 8), rounds: int = 5, calls: int = 3) -> dict:
+    """Median seconds per call of each candidate at each batch size, measured in interleaved rounds."""
+    times = {name: {b: [] for b in batch_sizes} for name in candidates}
+    for batch in batch_sizes:
+        args = make_args(batch)
+        for kernel in candidates.values():  # warm-up (first-call allocations, lazy initialisation)
+            kernel(*args)
+        for _ in range(rounds):
+            for name, kernel in candidates.items():
+                start = time.perf_counter()
+                for _ in range(calls):
+                    kernel(*args)
+                times[name][batch].append((time.perf_counter() - start) / calls)
+    return {name: {b: statistics.median(t) for b, t in per_batch.items()} for name, per_batch in times.items()}
+
+
+def _choose(kind: str, key: tuple, factories: dict, weights: tuple, make_args) -> tuple[str, str]:
+    """Measure every available kernel on these weights at batch 1 and 8 (the time relative to `aten`, summed over the
+    two batch sizes, decides), keep the fastest, and say why."""
+    choice = _CHOICES.get(key)
+    if choice is not None:
+        return choice
+    candidates = {}
+    for name in available_kernels():
+        try:
+            candidates[name] = factories[name](*weights)
+        except Exception as error:  # noqa: BLE001 - a kernel that cannot be built here is simply not a candidate
+            logger.info(f"{kind} kernel {name!r} unavailable: {error}")
+    with torch.no_grad():
+        times = _time_candidates(candidates, make_args)
+    base = times["aten"]
+    score = {name: sum(t[b] / base[b] for b in t) for name, t in times.items()}
+    best = min(score, key=score.get)
+    measured = "; ".join(
+        f"{name} " + " / ".join(f"{t[b] * 1e3:.3f}" for b in sorted(t)) + " ms" for name, t in times.items()
+    )
+    reason = f"fastest on {cpu_description()} at batch 1 / 8 ({measured})"
+    _CHOICES[key] = (best, reason)
+    logger.info(f"{kind} {tuple(key[1])}: using the {best!r} kernel, {reason}")
+    return best, reason
+
+
+class _KernelSlot:
+    """Per-module state: the chosen kernel's instance and the staleness key of the weights it was built from."""
+
+    __slots__ = ("kernel", "key")
+
+    def __init__(self):
+        self.kernel = None
+        self.key = None
+
+    def __reduce__(self):  # deepcopy and pickle of a module start with an empty slot (sessions do not copy)
+        return (_KernelSlot, ())
+
+
+def _slot(module: nn.Module) -> _KernelSlot:
+    slot = module.__dict__.get("_decode_kernel_slot")
+    if slot is None:
+        slot = module.__dict__["_decode_kernel_slot"] = _KernelSlot()
+    return slot
+
+
+def _kernel_for(module: nn.Module, kind: str, factories: dict, weights: tuple, make_args):
+    requested = getattr(module, "decode_kernel", "auto")
+    if requested == "auto":
+        nbytes = sum(w.numel() * w.element_size() for w in weights if w is not None)
+        if nbytes < SMALL_WEIGHTS_BYTES:
+            name, reason = "aten", f"weights of {nbytes} bytes (< {SMALL_WEIGHTS_BYTES}): not worth a packed copy"
+        else:
+            shapes = tuple(tuple(w.shape) for w in weights if w is not None)
+            name, reason = _choose(kind, (kind, shapes, torch.get_num_threads()), factories, weights, make_args)
+    elif requested in available_kernels():
+        name, reason = requested, "set by `decode_kernel`"
+    elif requested in KERNELS:
+        raise ValueError(
+            f"`decode_kernel={requested!r}` is not available here (available: {available_kernels()}; onnxruntime "
+            "needs `pip install onnx onnxruntime`)"
+        )
+    else:
+        raise ValueError(f"`decode_kernel` must be 'auto' or one of {KERNELS}, got {requested!r}")
+    module.__dict__["decode_kernel_choice"] = (name, reason)
+    slot = _slot(module)
+    key = (name,) + _key([w for w in weights if w is not None])
+    if slot.key != key:
+        slot.kernel = None  # free the stale copy before packing the new one
+        slot.kernel = factories[name](*weights)
+        slot.key = key
+    return slot.kernel
+
+
+def lstm_step(layer: nn.Module, x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor], weights) -> tuple | None:
+    """The new `(h, c)` of one time step through the kernel chosen for `layer`, or None where only the plain path may
+    run (see `fast_path_allowed`). `weights` are the layer's `[w_ih, w_hh, b_ih, b_hh]` as its plain step reads them."""
+    h, c = state
+    if not fast_path_allowed(layer, x, h, c, *weights) or x.dim() != 2:
+        return None
+    w_ih, w_hh = weights[0], weights[1]
+
+    def make_args(batch):
+        return (
+            x.new_zeros(batch, w_ih.shape[1]).normal_(),
+            x.new_zeros(batch, w_hh.shape[1]).normal_(),
+            x.new_zeros(batch, w_hh.shape[1]).normal_(),
+        )
+
+    kernel = _kernel_for(layer, "LSTM step", _STEP_KERNELS, tuple(weights), make_args)
+    return kernel(x, h, c)
+
+
+def linear(module: nn.Linear, x: torch.Tensor) -> torch.Tensor | None:
+    """`module(x)` for an `nn.Linear` through the kernel chosen for it, or None where only the plain path may run."""
+    weight, bias = module.weight, module.bias
+    tensors = (x, weight) if bias is None else (x, weight, bias)
+    if not fast_path_allowed(module, *tensors):
+        return None
+
+    def make_args(batch):
+        return (x.new_zeros(batch, weight.shape[1]).normal_(),)
+
+    kernel = _kernel_for(module, "linear", _LINEAR_KERNELS, (weight, bias), make_args)
+    shape = x.shape
+    return kernel(x.reshape(-1, shape[-1])).reshape(*shape[:-1], weight.shape[0])
+
+
+class DecodingLinear(nn.Linear):
+    """An `nn.Linear` (same parameters, same state dict) whose inference forward runs the kernel chosen for this
+    machine (see `linear`); training, autograd, hooks, parametrizations and non-float32 or non-CPU tensors take
+    `F.linear` as any `nn.Linear` does. The language model's output layer is one.
+
+    Example:
+
+    ```python
+    >>> head = DecodingLinear(512, 8192).eval()
+    >>> with torch.no_grad():
+    ...     logits = head(torch.randn(1, 1, 512))
+    >>> head.decode_kernel_choice[0] in available_kernels()
+    True
+    ```
+    """
+
+    decode_kernel: str = "auto"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = linear(self, x)
+        return out if out is not None else F.linear(x, self.weight, self.bias)
+
+
+def set_decode_kernel(model: nn.Module, kernel: str = "auto") -> None:
+    """Set `decode_kernel` on every module of `model` that has one (the LSTM layers, the output layer): `"auto"`
+    (measure and pick, the default) or one of `KERNELS`."""
+    if kernel != "auto" and kernel not in KERNELS:
+        raise ValueError(f"`kernel` must be 'auto' or one of {KERNELS}, got {kernel!r}")
+    for module in model.modules():
+        if hasattr(type(module), "decode_kernel"):
+            module.decode_kernel = kernel
+
+
+def decode_kernel_choices(model: nn.Module) -> dict[str, tuple[str, str]]:
+    """`{module name: (kernel, reason)}` for every module of `model` that has chosen a decoding kernel so far."""
+    return {
+        name: module.__dict__["decode_kernel_choice"]
+        for name, module in model.named_modules()
+        if "decode_kernel_choice" in module.__dict__
+    }

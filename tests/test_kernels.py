@@ -1,0 +1,201 @@
+"""The packed decoding kernels (`modeling_lstmlm/kernels_lstmlm.py`): equal to ATen's step within float32 rounding,
+rebuilt when the weights change, bypassed wherever only the plain path is safe.
+
+Tolerance: each packed kernel sums the same products as ATen's `lstm_cell` / `F.linear` in another order (one
+`[W_ih | W_hh]` product instead of two, another BLAS). For the output layer `conftest.matmul_atol` bounds the
+difference (Higham's bound). For the LSTM step, h and c must agree within 1e-5 absolute, rtol 0: float32 rounding of
+these sums is ~1e-7 to 1e-6 (a wrong gate order or bias is off by 1e-2 or more).
+"""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import matmul_atol
+from torch import nn
+
+from modeling_lstmlm import kernels_lstmlm as K
+
+FORCED = [k for k in K.KERNELS if k in K.available_kernels()]
+
+
+def _lstm(input_size=24, hidden=16, seed=0) -> nn.LSTM:
+    torch.manual_seed(seed)
+    return nn.LSTM(input_size, hidden, batch_first=True).eval()
+
+
+def _weights(layer):
+    return [layer.weight_ih_l0, layer.weight_hh_l0, layer.bias_ih_l0, layer.bias_hh_l0]
+
+
+def _state(batch, layer, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, layer.input_size, generator=g)
+    h = torch.randn(batch, layer.hidden_size, generator=g) * 0.5
+    c = torch.randn(batch, layer.hidden_size, generator=g)
+    return x, h, c
+
+
+def _step_atol(layer, x, h) -> float:
+    return 1e-5
+
+
+def test_aten_is_always_available():
+    assert K.available_kernels()[0] == "aten"
+    assert set(K.available_kernels()) <= set(K.KERNELS)
+
+
+@pytest.mark.parametrize("batch", [1, 8, 16], ids=["batch1", "batch8", "batch16"])
+@pytest.mark.parametrize("kernel", FORCED)
+def test_each_kernel_step_equals_torch_lstm_cell(kernel, batch):
+    layer = _lstm(40, 32)
+    layer.decode_kernel = kernel
+    x, h, c = _state(batch, layer)
+    with torch.no_grad():
+        want = torch.lstm_cell(x, (h, c), *_weights(layer))
+        got = K.lstm_step(layer, x, (h, c), _weights(layer))
+    assert layer.decode_kernel_choice[0] == kernel
+    atol = _step_atol(layer, x, h)
+    for g, w in zip(got, want, strict=True):
+        assert g.shape == w.shape and g.dtype == torch.float32
+        torch.testing.assert_close(g, w, rtol=0, atol=atol)
+
+
+@pytest.mark.parametrize("batch", [1, 8, 16], ids=["batch1", "batch8", "batch16"])
+@pytest.mark.parametrize("kernel", FORCED)
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
+def test_each_kernel_linear_equals_f_linear(kernel, batch, bias):
+    torch.manual_seed(0)
+    head = nn.Linear(32, 200, bias=bias).eval()
+    head.decode_kernel = kernel
+    x = torch.randn(batch, 1, 32)
+    with torch.no_grad():
+        got = K.linear(head, x)
+    want = F.linear(x, head.weight, head.bias)
+    assert got.shape == want.shape == (batch, 1, 200)
+    torch.testing.assert_close(got, want, rtol=0, atol=matmul_atol(x, head.weight, head.bias) + 1e-7)
+
+
+@pytest.mark.parametrize("kernel", [k for k in FORCED if k != "aten"])
+def test_packed_copies_follow_in_place_updates_and_new_tensors(kernel):
+    layer = _lstm()
+    layer.decode_kernel = kernel
+    x, h, c = _state(2, layer)
+
+    def check():
+        with torch.no_grad():
+            got = K.lstm_step(layer, x, (h, c), _weights(layer))
+            want = torch.lstm_cell(x, (h, c), *_weights(layer))
+        for g, w in zip(got, want, strict=True):
+            torch.testing.assert_close(g, w, rtol=0, atol=_step_atol(layer, x, h))
+        return got[0]
+
+    first = check()
+    with torch.no_grad():
+        layer.weight_hh_l0.mul_(-1.5)  # in place: same storage, new version
+    second = check()
+    assert (second - first).abs().max() > 1e-3
+    layer.bias_ih_l0 = nn.Parameter(torch.full_like(layer.bias_ih_l0, 0.3))  # a new tensor
+    third = check()
+    assert (third - second).abs().max() > 1e-3
+    layer.load_state_dict(_lstm(seed=5).state_dict())  # copy_ into the parameters
+    fourth = check()
+    assert (fourth - third).abs().max() > 1e-3
+    # An optimizer step in training mode, then decoding again.
+    layer.train()
+    out, _ = layer(torch.randn(2, 3, layer.input_size))
+    out.sum().backward()
+    torch.optim.SGD(layer.parameters(), lr=0.5).step()
+    layer.eval()
+    fifth = check()
+    assert (fifth - fourth).abs().max() > 1e-3
+
+
+def test_the_plain_path_is_kept_where_a_packed_copy_is_not_safe():
+    layer = _lstm()
+    layer.decode_kernel = "onednn"
+    x, h, c = _state(2, layer)
+    with torch.no_grad():
+        assert K.lstm_step(layer, x, (h, c), _weights(layer)) is not None
+    # autograd on
+    assert K.lstm_step(layer, x, (h, c), _weights(layer)) is None
+    with torch.no_grad():
+        layer.train()
+        assert K.lstm_step(layer, x, (h, c), _weights(layer)) is None  # training (weight dropout lives there)
+        layer.eval()
+        handle = layer.register_forward_pre_hook(lambda module, args: None)
+        assert K.lstm_step(layer, x, (h, c), _weights(layer)) is None  # hooks (accelerate offload, user hooks)
+        handle.remove()
+        layer._hf_hook = object()
+        assert K.lstm_step(layer, x, (h, c), _weights(layer)) is None
+        del layer._hf_hook
+        assert K.lstm_step(layer, x.double(), (h.double(), c.double()), _weights(layer)) is None  # not float32
+        bf16 = [w.bfloat16() for w in _weights(layer)]
+        assert K.lstm_step(layer, x, (h, c), bf16) is None
+        meta = [torch.empty_like(w, device="meta") for w in _weights(layer)]
+        assert K.lstm_step(layer, x, (h, c), meta) is None
+
+        class Scale(nn.Module):
+            def forward(self, w):
+                return 2 * w
+
+        torch.nn.utils.parametrize.register_parametrization(layer, "weight_hh_l0", Scale())
+        assert K.lstm_step(layer, x, (h, c), _weights(layer)) is None  # parametrized (PEFT target_parameters)
+
+
+def test_auto_measures_and_records_the_choice_and_small_weights_keep_aten():
+    small = _lstm(16, 16)
+    x, h, c = _state(1, small)
+    with torch.no_grad():
+        K.lstm_step(small, x, (h, c), _weights(small))
+    assert small.decode_kernel_choice[0] == "aten"
+    assert "not worth a packed copy" in small.decode_kernel_choice[1]
+    big = _lstm(128, 128)  # 528 KB of weights: measured
+    x, h, c = _state(1, big)
+    with torch.no_grad():
+        got = K.lstm_step(big, x, (h, c), _weights(big))
+        want = torch.lstm_cell(x, (h, c), *_weights(big))
+    name, reason = big.decode_kernel_choice
+    assert name in K.available_kernels()
+    assert "fastest on" in reason and all(f"{k} " in reason for k in K.available_kernels())
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, rtol=0, atol=_step_atol(big, x, h))
+
+
+def test_unknown_or_unavailable_kernel_is_a_clear_error(monkeypatch):
+    layer = _lstm()
+    x, h, c = _state(1, layer)
+    layer.decode_kernel = "fastest"
+    with torch.no_grad(), pytest.raises(ValueError, match="`decode_kernel` must be 'auto' or one of"):
+        K.lstm_step(layer, x, (h, c), _weights(layer))
+    monkeypatch.setattr(K, "_onnxruntime_modules", lambda: None)  # as where onnxruntime is not installed
+    assert "onnxruntime" not in K.available_kernels()
+    layer.decode_kernel = "onnxruntime"
+    with torch.no_grad(), pytest.raises(ValueError, match="not available here"):
+        K.lstm_step(layer, x, (h, c), _weights(layer))
+
+
+def test_decoding_linear_is_an_nn_linear_in_training_and_copies_after_use():
+    import copy
+    import io
+
+    torch.manual_seed(0)
+    head = K.DecodingLinear(300, 500)
+    plain = nn.Linear(300, 500)
+    plain.load_state_dict(head.state_dict())
+    assert isinstance(head, nn.Linear) and list(head.state_dict()) == ["weight", "bias"]
+    x = torch.randn(4, 300)
+    head(x).sum().backward()  # training, autograd: F.linear
+    plain(x).sum().backward()
+    torch.testing.assert_close(head.weight.grad, plain.weight.grad, rtol=0, atol=0)
+    head.eval()
+    for kernel in FORCED:
+        head.decode_kernel = kernel
+        with torch.no_grad():
+            got = head(x)
+        torch.testing.assert_close(got, plain(x).detach(), rtol=0, atol=matmul_atol(x, head.weight, head.bias) + 1e-7)
+    clone = copy.deepcopy(head)  # holds no session or packed copy: builds its own
+    buffer = io.BytesIO()
+    torch.save(head, buffer)
+    with torch.no_grad():
+        torch.testing.assert_close(clone(x), head(x), rtol=0, atol=1e-6)
+    assert len(buffer.getvalue()) > 0
