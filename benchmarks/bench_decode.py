@@ -8,7 +8,11 @@ and on onnxruntime?
 Greedy decoding of one random LSTMLM (H=512, L=2, V=8192 unless changed), exactly `--new_tokens` new tokens per row
 (no eos), measured side by side in one process, variants interleaved, the median of `--repeats` rounds:
   - `nn.LSTM step`: `generate()` with `model.model.direct_decode = False` (each decoding step through `nn.LSTM`);
-  - `direct step`: `generate()` as shipped (each step: ATen's one-step LSTM cell per layer on the same parameters);
+  - `direct step, ATen kernels`: `generate()` with every layer and the output layer held to ATen's kernels
+    (`torch.lstm_cell`, `F.linear`: MKL), as before issue 16;
+  - `direct step`: `generate()` as shipped (each layer's step and the output layer run the kernel that
+    `kernels_lstmlm` measured fastest on this machine at first use; the choices and the timings behind them are
+    printed with the machine facts);
   - `direct int8`: the same after `quantization.quantize_model` (int8 LSTM and output weights);
   - `onnxruntime`: `OnnxLSTMLM.greedy_generate` on the exported prefill/decode-step graphs (CPU only);
   - `onnxruntime int8`: the same on the int8 graphs of `onnx_export.quantize_onnx` (onnxruntime's dynamic quantizer).
@@ -46,6 +50,7 @@ import transformers  # noqa: E402
 from _generate_common import cpu_facts, peak_gflops, read_bandwidth  # noqa: E402
 
 from modeling_lstmlm import LSTMLMConfig, LSTMLMForCausalLM  # noqa: E402
+from modeling_lstmlm.kernels_lstmlm import decode_kernel_choices, set_decode_kernel  # noqa: E402
 from modeling_lstmlm.quantization import quantize_model  # noqa: E402
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -180,9 +185,10 @@ def generate_overhead_ms(threads: int, new_tokens: int = 64, repeats: int = 5) -
     return statistics.median(seconds) / new_tokens * 1e3
 
 
-def make_generate_run(model, direct: bool, prompt: torch.Tensor, new_tokens: int):
+def make_generate_run(model, direct: bool, prompt: torch.Tensor, new_tokens: int, kernel: str = "auto"):
     def run():
         model.model.direct_decode = direct
+        set_decode_kernel(model, kernel)
         return model.generate(prompt, max_new_tokens=new_tokens, do_sample=False, eos_token_id=None).tolist()
 
     return run
@@ -217,8 +223,11 @@ def main(argv=None) -> dict:
     )
     model = LSTMLMForCausalLM(config).eval()
     model.generation_config.eos_token_id = None  # exactly new_tokens per row
+    with torch.no_grad():  # the first decoding step picks each module's kernel (kernels_lstmlm): done before timing
+        model.generate(torch.tensor([[6, 7]]), max_new_tokens=2, do_sample=False)
     variants = {}  # name -> (model or generator, kind)
     variants["nn.LSTM step"] = (model, "fused")
+    variants["direct step, ATen kernels"] = (model, "aten")
     variants["direct step"] = (model, "direct")
     int8 = not args.no_int8 and args.device.type == "cpu" and args.dtype == "float32"
     if int8:
@@ -252,7 +261,12 @@ def main(argv=None) -> dict:
             seed = torch.Generator().manual_seed(0)
             prompt = torch.randint(6, args.vocab_size, (batch, args.prompt_len), generator=seed).to(args.device)
             runs = {
-                name: (make_generate_run(variant_model, kind == "direct", prompt, args.new_tokens), variant_model)
+                name: (
+                    make_generate_run(
+                        variant_model, kind != "fused", prompt, args.new_tokens, "aten" if kind == "aten" else "auto"
+                    ),
+                    variant_model,
+                )
                 for name, (variant_model, kind) in variants.items()
             }
             if ort is not None:
@@ -299,6 +313,8 @@ def main(argv=None) -> dict:
                         "same_ids_as_nn_lstm": ids[name] == ids["nn.LSTM step"] if name not in INT8_VARIANTS else None,
                     }
                 )
+    for module_name, (kernel, reason) in decode_kernel_choices(model).items():  # what `generate()` runs here
+        facts[f"decode kernel of {module_name}"] = f"{kernel} ({reason})"
     for folder in (onnx_dir, onnx_int8_dir):
         if folder is not None:
             folder.cleanup()

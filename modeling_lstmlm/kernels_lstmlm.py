@@ -81,10 +81,12 @@ def _plain(*tensors: torch.Tensor) -> bool:
 
 def fast_path_allowed(module: nn.Module, *tensors: torch.Tensor) -> bool:
     """Whether a packed kernel may stand in for `module`'s plain computation on these tensors: inference (no autograd,
-    eval mode), no hooks or parametrizations on the module, plain float32 CPU tensors."""
+    eval mode, not being traced or compiled), no hooks or parametrizations on the module, plain float32 CPU tensors."""
     return (
         not module.training
         and not torch.is_grad_enabled()
+        and not torch.jit.is_tracing()  # ONNX export, torch.jit.trace: the graph must hold the plain computation
+        and not torch.compiler.is_compiling()  # torch.compile, torch.export
         and not module._forward_hooks
         and not module._forward_pre_hooks
         and getattr(module, "_hf_hook", None) is None

@@ -199,3 +199,23 @@ def test_decoding_linear_is_an_nn_linear_in_training_and_copies_after_use():
     with torch.no_grad():
         torch.testing.assert_close(clone(x), head(x), rtol=0, atol=1e-6)
     assert len(buffer.getvalue()) > 0
+
+
+def test_tracing_keeps_the_plain_path():
+    # ONNX export and torch.jit.trace record the computation: it must be ATen's, whatever the kernel.
+    layer = _lstm()
+    layer.decode_kernel = "onednn"
+    head = K.DecodingLinear(16, 300).eval()
+    head.decode_kernel = "onednn"
+    layer.requires_grad_(False)  # traced as constants
+    head.requires_grad_(False)
+    seen = []
+
+    def step(x, h, c):
+        seen.append(K.lstm_step(layer, x, (h, c), _weights(layer)))
+        seen.append(K.linear(head, h))
+        return torch.lstm_cell(x, (h, c), *_weights(layer))[0]
+
+    with torch.no_grad():
+        torch.jit.trace(step, _state(1, layer), check_trace=False)
+    assert seen == [None, None]
