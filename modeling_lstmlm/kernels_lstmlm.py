@@ -69,14 +69,15 @@ def cpu_description() -> str:
     return f"{vendor or 'unknown vendor'} {model or 'unknown model'} ({' '.join(isa) or 'no avx2'})"
 
 
+_PLAIN_TYPES = (torch.Tensor, nn.Parameter)
+
+
 def _plain(*tensors: torch.Tensor) -> bool:
-    return all(
-        type(t) in (torch.Tensor, nn.Parameter)
-        and t.device.type == "cpu"
-        and t.dtype == torch.float32
-        and t.layout == torch.strided
-        for t in tensors
-    )
+    """Plain (no subclass: not a DTensor, fake or quantized tensor) strided float32 CPU tensors."""
+    for t in tensors:
+        if type(t) not in _PLAIN_TYPES or not t.is_cpu or t.dtype is not torch.float32 or t.layout is not torch.strided:
+            return False
+    return True
 
 
 def fast_path_allowed(module: nn.Module, *tensors: torch.Tensor) -> bool:
@@ -313,27 +314,21 @@ def _choose(kind: str, key: tuple, factories: dict, weights: tuple, make_args) -
 
 
 class _KernelSlot:
-    """Per-module state: the chosen kernel's instance and the staleness key of the weights it was built from."""
+    """Per-module state: the kernel requested and chosen, the chosen kernel's instance (None for ATen) and the
+    staleness key of the weights it was built from."""
 
-    __slots__ = ("kernel", "key")
+    __slots__ = ("requested", "name", "kernel", "key")
 
     def __init__(self):
-        self.kernel = None
-        self.key = None
+        self.requested = self.name = self.kernel = self.key = None
 
     def __reduce__(self):  # deepcopy and pickle of a module start with an empty slot (sessions do not copy)
         return (_KernelSlot, ())
 
 
-def _slot(module: nn.Module) -> _KernelSlot:
-    slot = module.__dict__.get("_decode_kernel_slot")
-    if slot is None:
-        slot = module.__dict__["_decode_kernel_slot"] = _KernelSlot()
-    return slot
-
-
-def _kernel_for(module: nn.Module, kind: str, factories: dict, weights: tuple, make_args):
-    requested = getattr(module, "decode_kernel", "auto")
+def _resolve(module: nn.Module, requested: str, kind: str, factories: dict, weights: tuple, make_args) -> str:
+    """The kernel for `module`: `requested`, or for "auto" ATen under `SMALL_WEIGHTS_BYTES` and else the fastest
+    measured (once per process, kind and shapes); records `decode_kernel_choice`."""
     if requested == "auto":
         nbytes = sum(w.numel() * w.element_size() for w in weights if w is not None)
         if nbytes < SMALL_WEIGHTS_BYTES:
@@ -351,11 +346,25 @@ def _kernel_for(module: nn.Module, kind: str, factories: dict, weights: tuple, m
     else:
         raise ValueError(f"`decode_kernel` must be 'auto' or one of {KERNELS}, got {requested!r}")
     module.__dict__["decode_kernel_choice"] = (name, reason)
-    slot = _slot(module)
-    key = (name,) + _key([w for w in weights if w is not None])
-    if slot.key != key:
-        slot.kernel = None  # free the stale copy before packing the new one
-        slot.kernel = factories[name](*weights)
+    return name
+
+
+def _kernel_for(module: nn.Module, kind: str, factories: dict, weights: tuple, make_args):
+    """The packed kernel to run for `module` on `weights` (rebuilt if they changed), or None for ATen. Runs on every
+    decoding step: the checks are a few attribute reads and the weights' `data_ptr()` / `_version`."""
+    slot = module.__dict__.get("_decode_kernel_slot")
+    if slot is None:
+        slot = module.__dict__["_decode_kernel_slot"] = _KernelSlot()
+    requested = getattr(module, "decode_kernel", "auto")
+    key = _key([w for w in weights if w is not None])
+    if slot.requested != requested or slot.key != key:
+        # First call, a new request, or the weights changed: choose again (cached per shape for "auto"), rebuild.
+        slot.kernel = None  # free the stale copy before packing a new one
+        slot.key = None
+        slot.name = _resolve(module, requested, kind, factories, weights, make_args)
+        slot.requested = requested
+        if slot.name != "aten":
+            slot.kernel = factories[slot.name](*weights)
         slot.key = key
     return slot.kernel
 
@@ -364,7 +373,7 @@ def lstm_step(layer: nn.Module, x: torch.Tensor, state: tuple[torch.Tensor, torc
     """The new `(h, c)` of one time step through the kernel chosen for `layer`, or None where only the plain path may
     run (see `fast_path_allowed`). `weights` are the layer's `[w_ih, w_hh, b_ih, b_hh]` as its plain step reads them."""
     h, c = state
-    if not fast_path_allowed(layer, x, h, c, *weights) or x.dim() != 2:
+    if layer.training or torch.is_grad_enabled() or x.dim() != 2 or not fast_path_allowed(layer, x, h, c, *weights):
         return None
     w_ih, w_hh = weights[0], weights[1]
 
@@ -376,20 +385,22 @@ def lstm_step(layer: nn.Module, x: torch.Tensor, state: tuple[torch.Tensor, torc
         )
 
     kernel = _kernel_for(layer, "LSTM step", _STEP_KERNELS, tuple(weights), make_args)
-    return kernel(x, h, c)
+    return None if kernel is None else kernel(x, h, c)
 
 
 def linear(module: nn.Linear, x: torch.Tensor) -> torch.Tensor | None:
     """`module(x)` for an `nn.Linear` through the kernel chosen for it, or None where only the plain path may run."""
     weight, bias = module.weight, module.bias
     tensors = (x, weight) if bias is None else (x, weight, bias)
-    if not fast_path_allowed(module, *tensors):
+    if module.training or torch.is_grad_enabled() or not fast_path_allowed(module, *tensors):
         return None
 
     def make_args(batch):
         return (x.new_zeros(batch, weight.shape[1]).normal_(),)
 
     kernel = _kernel_for(module, "linear", _LINEAR_KERNELS, (weight, bias), make_args)
+    if kernel is None:
+        return None
     shape = x.shape
     return kernel(x.reshape(-1, shape[-1])).reshape(*shape[:-1], weight.shape[0])
 

@@ -54,6 +54,9 @@ def test_each_kernel_step_equals_torch_lstm_cell(kernel, batch):
         want = torch.lstm_cell(x, (h, c), *_weights(layer))
         got = K.lstm_step(layer, x, (h, c), _weights(layer))
     assert layer.decode_kernel_choice[0] == kernel
+    if kernel == "aten":  # None: the caller runs its plain step
+        assert got is None
+        return
     atol = _step_atol(layer, x, h)
     for g, w in zip(got, want, strict=True):
         assert g.shape == w.shape and g.dtype == torch.float32
@@ -71,6 +74,9 @@ def test_each_kernel_linear_equals_f_linear(kernel, batch, bias):
     with torch.no_grad():
         got = K.linear(head, x)
     want = F.linear(x, head.weight, head.bias)
+    if kernel == "aten":  # None: the caller runs F.linear
+        assert got is None
+        return
     assert got.shape == want.shape == (batch, 1, 200)
     torch.testing.assert_close(got, want, rtol=0, atol=matmul_atol(x, head.weight, head.bias) + 1e-7)
 
@@ -152,8 +158,8 @@ def test_auto_measures_and_records_the_choice_and_small_weights_keep_aten():
     big = _lstm(128, 128)  # 528 KB of weights: measured
     x, h, c = _state(1, big)
     with torch.no_grad():
-        got = K.lstm_step(big, x, (h, c), _weights(big))
         want = torch.lstm_cell(x, (h, c), *_weights(big))
+        got = K.lstm_step(big, x, (h, c), _weights(big)) or want
     name, reason = big.decode_kernel_choice
     assert name in K.available_kernels()
     assert "fastest on" in reason and all(f"{k} " in reason for k in K.available_kernels())
