@@ -225,3 +225,81 @@ def test_tracing_keeps_the_plain_path():
     with torch.no_grad():
         torch.jit.trace(step, _state(1, layer), check_trace=False)
     assert seen == [None, None]
+
+
+# ---------------------------------------------------------------- inside the model: the layers' step and the head
+
+
+def _lm(seed=0):
+    from conftest import make_tiny_config
+
+    from modeling_lstmlm import LSTMLMForCausalLM
+
+    torch.manual_seed(seed)
+    config = make_tiny_config(vocab_size=97, hidden_size=48, embedding_size=32, initializer_range=1.0)
+    model = LSTMLMForCausalLM(config).eval()
+    with torch.no_grad():  # weights whose greedy output does not collapse to one token
+        for param in model.parameters():
+            param.mul_(2.0)
+    return model
+
+
+@pytest.mark.parametrize("batch", [1, 8, 16], ids=["batch1", "batch8", "batch16"])
+@pytest.mark.parametrize("kernel", [k for k in FORCED if k != "aten"])
+def test_generate_with_each_kernel_equals_the_aten_step(kernel, batch):
+    model = _lm()
+    prompt = torch.randint(2, 97, (batch, 5), generator=torch.Generator().manual_seed(batch))
+    kwargs = dict(max_new_tokens=12, do_sample=False, eos_token_id=None, output_scores=True)
+    K.set_decode_kernel(model, "aten")
+    want = model.generate(prompt, return_dict_in_generate=True, **kwargs)
+    K.set_decode_kernel(model, kernel)
+    got = model.generate(prompt, return_dict_in_generate=True, **kwargs)
+    choices = K.decode_kernel_choices(model)
+    assert {name for name, (k, _) in choices.items() if k == kernel} == {"model.layers.0", "model.layers.1", "lm_head"}
+    new = want.sequences[:, 5:]
+    assert len(set(new.flatten().tolist())) > 1  # the ids vary: the comparison can fail
+    assert got.sequences.tolist() == want.sequences.tolist()
+    for g, w in zip(got.scores, want.scores, strict=True):
+        torch.testing.assert_close(g, w, rtol=0, atol=1e-4)  # logits of ~10: float32 rounding through 2 layers
+
+
+def test_a_hooked_or_training_model_never_builds_a_packed_copy():
+    model = _lm()
+    K.set_decode_kernel(model, "onednn")
+    handles = [layer.register_forward_pre_hook(lambda module, args: None) for layer in model.model.layers]
+    handles.append(model.lm_head.register_forward_pre_hook(lambda module, args: None))
+    prompt = torch.tensor([[5, 6, 7]])
+    model.generate(prompt, max_new_tokens=4, do_sample=False, eos_token_id=None)
+    assert K.decode_kernel_choices(model) == {}  # never consulted: the plain path ran
+    for handle in handles:
+        handle.remove()
+    model.train()
+    model(prompt, labels=prompt).loss.backward()
+    assert K.decode_kernel_choices(model) == {}
+    model.eval()
+    model.generate(prompt, max_new_tokens=4, do_sample=False, eos_token_id=None)
+    assert set(K.decode_kernel_choices(model)) == {"model.layers.0", "model.layers.1", "lm_head"}
+
+
+def test_decoding_follows_an_optimizer_step_with_packed_kernels():
+    model = _lm()
+    K.set_decode_kernel(model, "onednn")
+    prompt = torch.tensor([[5, 6, 7, 8]])
+    before = model.generate(
+        prompt, max_new_tokens=8, do_sample=False, eos_token_id=None, output_scores=True, return_dict_in_generate=True
+    )
+    model.train()
+    torch.optim.SGD(model.parameters(), lr=1.0).zero_grad()
+    model(prompt, labels=prompt).loss.backward()
+    torch.optim.SGD(model.parameters(), lr=1.0).step()
+    model.eval()
+    after = model.generate(
+        prompt, max_new_tokens=8, do_sample=False, eos_token_id=None, output_scores=True, return_dict_in_generate=True
+    )
+    K.set_decode_kernel(model, "aten")
+    want = model.generate(
+        prompt, max_new_tokens=8, do_sample=False, eos_token_id=None, output_scores=True, return_dict_in_generate=True
+    )
+    assert (after.scores[1] - before.scores[1]).abs().max() > 1e-3
+    for g, w in zip(after.scores, want.scores, strict=True):
+        torch.testing.assert_close(g, w, rtol=0, atol=1e-4)
