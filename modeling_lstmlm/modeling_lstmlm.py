@@ -25,6 +25,7 @@ from transformers.modeling_utils import PreTrainedModel, slice_logits_to_keep
 from transformers.utils import ModelOutput, logging
 
 from .configuration_lstmlm import LSTMLMConfig
+from .kernels_lstmlm import DecodingLinear, lstm_step
 
 logger = logging.get_logger(__name__)
 
@@ -228,6 +229,9 @@ class LSTMLMLayer(nn.Module):
     """
 
     single_step: bool = True
+    # "auto": the decoding step measures the kernels this machine can run at first use and keeps the fastest
+    # (`kernels_lstmlm`); or one of "aten", "onednn", "onnxruntime". The choice and its reason: `decode_kernel_choice`.
+    decode_kernel: str = "auto"
 
     def __init__(self, input_size: int, hidden_size: int, weight_dropout: float = 0.0):
         super().__init__()
@@ -255,8 +259,17 @@ class LSTMLMLayer(nn.Module):
 
     def step(self, x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """One time step: `x` `(batch, input_size)`, `state` `(h, c)` -> the new `(h, c)`, each `(batch, hidden)`.
-        ATen's one-step cell: two matmuls and the gate math in one call, on the weights as they are now."""
-        return torch.lstm_cell(x, state, *self._weights())
+
+        In inference on float32 CPU tensors, the kernel `kernels_lstmlm` picked for this machine (oneDNN or
+        onnxruntime on packed copies of the weights, checked against the weights on every call; see
+        `decode_kernel`); otherwise, and wherever a packed copy is not safe (training, autograd, hooks,
+        parametrizations, tracing, other dtypes or devices), ATen's one-step cell on the weights as they are now."""
+        weights = self._weights()
+        if not self.training:
+            new_state = lstm_step(self, x, state, weights)
+            if new_state is not None:
+                return new_state
+        return torch.lstm_cell(x, state, *weights)
 
     def forward(self, x, state=None, mask: torch.Tensor | None = None):
         packed = isinstance(x, PackedSequence)
@@ -600,7 +613,8 @@ class LSTMLMForCausalLM(LSTMLMPreTrainedModel, GenerationMixin):
     def __init__(self, config: LSTMLMConfig):
         super().__init__(config)
         self.model = LSTMLMModel(config)
-        self.lm_head = nn.Linear(config.embedding_size, config.vocab_size, bias=True)
+        # An nn.Linear whose inference forward runs the kernel picked for this machine (`kernels_lstmlm`).
+        self.lm_head = DecodingLinear(config.embedding_size, config.vocab_size, bias=True)
         quantization = _quantization(config)
         if quantization is not None:  # an int8 folder (quantization_lstmlm.py): int8 weights
             from .quantization_lstmlm import Int8Linear
