@@ -7,6 +7,7 @@ from conftest import make_tiny_config
 from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
 
 from modeling_lstmlm import LSTMLMForCausalLM
+from modeling_lstmlm.kernels_lstmlm import DecodingLinear
 from modeling_lstmlm.modeling_lstmlm import LSTMLMLayer
 
 peft = pytest.importorskip("peft", reason="PEFT tests need the [peft] extra")
@@ -140,6 +141,7 @@ def test_lora_on_lstm_weights_head_and_embedding_trains_generates_saves_and_merg
     assert reloaded.generate(input_ids=ids[:, :3], max_new_tokens=6, do_sample=False).tolist() == generated.tolist()
     merged = reloaded.merge_and_unload()
     assert all(type(layer) is LSTMLMLayer for layer in merged.model.layers)
-    assert type(merged.lm_head) is torch.nn.Linear and type(merged.model.embed_tokens) is torch.nn.Embedding
+    # The output layer is the model's own `DecodingLinear` (an nn.Linear) again, not a PEFT wrapper.
+    assert type(merged.lm_head) is DecodingLinear and type(merged.model.embed_tokens) is torch.nn.Embedding
     with torch.no_grad():
         torch.testing.assert_close(merged(ids).logits, adapted, rtol=0, atol=1e-5)
