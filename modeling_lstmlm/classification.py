@@ -33,9 +33,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from datasets import ClassLabel, Dataset, DatasetDict, Value, load_dataset
 from transformers import DataCollatorWithPadding, EvalPrediction, PreTrainedModel, Trainer, TrainingArguments
 from transformers.utils import logging
+
+from ._extras import require
+
+_datasets = require("datasets", "apps", "Sequence-classification fine-tuning (modeling_lstmlm.classification)")
+ClassLabel, Dataset, DatasetDict = _datasets.ClassLabel, _datasets.Dataset, _datasets.DatasetDict
+Value, load_dataset = _datasets.Value, _datasets.load_dataset
 
 logger = logging.get_logger(__name__)
 

@@ -798,7 +798,9 @@ def load_split_texts(source: DataSource) -> dict[str, list[str]]:
 
 
 def _load_hub_splits(source: DataSource) -> dict[str, list[str]]:
-    import datasets
+    from ._extras import require
+
+    datasets = require("datasets", "train", "Training on a Hub dataset (`dataset_name`)")
 
     kwargs = {"data_files": source.data_files} if source.data_files is not None else {}
     loaded = datasets.load_dataset(source.dataset_name, source.dataset_config_name, **kwargs)

@@ -57,6 +57,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from transformers.utils import logging
 
+from ._extras import require
 from .data import count_words, tokenize_text
 from .evaluation import PerplexityResult
 
@@ -148,6 +149,7 @@ def export_onnx(
     (with its defaults) writes `output_dir` from it. Returns the paths by name (`prefill`, `decode_step`, `config`).
     """
     _check_exportable(model)
+    require("onnx", "onnx", "ONNX export")  # torch.onnx.export writes its graphs with it
     if quantize is not None:
         if quantize not in QUANTIZE_METHODS:
             raise ValueError(f"`quantize` must be None or one of {QUANTIZE_METHODS}, got {quantize!r}")
@@ -238,7 +240,8 @@ def _gemm_to_matmul(graph_model) -> int:
     `B'` the weight in `(in, out)` layout (transposed once, stored under a new name). onnxruntime's dynamic quantizer
     has integer kernels for MatMul but not Gemm. A weight also read by another node (the tied embedding's Gather) keeps
     its original for that node. Returns the number of nodes rewritten; the graph is changed in place."""
-    from onnx import helper, numpy_helper
+    onnx = require("onnx", "onnx", "ONNX export")
+    helper, numpy_helper = onnx.helper, onnx.numpy_helper
 
     graph = graph_model.graph
     initializers = {tensor.name: tensor for tensor in graph.initializer}
@@ -307,7 +310,7 @@ def _without_preprocess_hint():
 
 
 def _eight_bit_initializers(path: Path) -> list[str]:
-    import onnx
+    onnx = require("onnx", "onnx", "Reading ONNX graphs")
 
     eight_bit = (onnx.TensorProto.INT8, onnx.TensorProto.UINT8)
     return [tensor.name for tensor in onnx.load(str(path)).graph.initializer if tensor.data_type in eight_bit]
@@ -339,9 +342,10 @@ def quantize_onnx(
 
     Returns the written paths by name (`prefill`, `decode_step`, `config`).
     """
-    import onnx
-    import onnxruntime
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+    onnx = require("onnx", "onnx", "ONNX int8 quantization")
+    onnxruntime = require("onnxruntime", "onnx", "ONNX int8 quantization")
+    quantization = require("onnxruntime.quantization", "onnx", "ONNX int8 quantization")
+    QuantType, quantize_dynamic = quantization.QuantType, quantization.quantize_dynamic
 
     src_dir, dst_dir = Path(src_dir), Path(dst_dir)
     config = _check_onnx_folder(src_dir)
@@ -393,7 +397,7 @@ def quantize_onnx(
 
 def onnx_weight_summary(folder: str | Path) -> dict[str, dict]:
     """Per graph of an ONNX folder: the file's bytes and its initializers' bytes by dtype (`{"float32": n, ...}`)."""
-    import onnx
+    onnx = require("onnx", "onnx", "Reading ONNX graphs")
 
     folder = Path(folder)
     _check_onnx_folder(folder)
@@ -417,7 +421,7 @@ class OnnxLSTMLM:
     """
 
     def __init__(self, folder: str | Path, num_threads: int = 0):
-        import onnxruntime as ort
+        ort = require("onnxruntime", "onnx", "Running ONNX graphs")
 
         folder = Path(folder)
         self.config = _check_onnx_folder(folder)

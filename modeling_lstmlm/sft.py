@@ -38,9 +38,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from datasets import Dataset, DatasetDict, load_dataset
 from transformers import GenerationConfig, PreTrainedModel, Trainer, TrainingArguments
 from transformers.utils import logging
+
+from ._extras import require
+
+_datasets = require("datasets", "apps", "Chat and translation fine-tuning (modeling_lstmlm.sft)")
+Dataset, DatasetDict, load_dataset = _datasets.Dataset, _datasets.DatasetDict, _datasets.load_dataset
 
 logger = logging.get_logger(__name__)
 
@@ -489,10 +493,7 @@ def translation_metrics(hypotheses: Sequence[str], references: Sequence[str]) ->
         raise ValueError(f"{len(hypotheses)} hypotheses for {len(references)} references")
     if not references:
         raise ValueError("Nothing to score")
-    try:
-        import sacrebleu
-    except ImportError as error:  # optional dependency, only needed for translation scores
-        raise ImportError("Translation scores need sacrebleu: pip install sacrebleu") from error
+    sacrebleu = require("sacrebleu", "apps", "Translation scores")
     hypotheses, references = list(hypotheses), list(references)
     return {
         "bleu": float(sacrebleu.corpus_bleu(hypotheses, [references]).score),

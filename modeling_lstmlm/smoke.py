@@ -7,6 +7,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from .configuration_lstmlm import LSTMLMConfig
 from .modeling_lstmlm import LSTMLMForCausalLM
+from .packaged import tokenizer_dir as packaged_tokenizer_dir
 
 
 def tiny_model(
@@ -25,9 +26,10 @@ def tiny_model(
     return LSTMLMForCausalLM(config).eval()
 
 
-def save_tiny_model(folder: str | Path, tokenizer_dir: str | Path, **kwargs) -> str:
-    """Save `tiny_model(...)` and the tokenizer from `tokenizer_dir` into `folder`; returns the folder as a string."""
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+def save_tiny_model(folder: str | Path, tokenizer_dir: str | Path | None = None, **kwargs) -> str:
+    """Save `tiny_model(...)` and the tokenizer from `tokenizer_dir` (default: the packaged one) into `folder`; returns
+    the folder as a string."""
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir if tokenizer_dir is not None else packaged_tokenizer_dir())
     tiny_model(tokenizer, **kwargs).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return str(folder)

@@ -54,6 +54,7 @@ from transformers.trainer_callback import ProgressCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 from transformers.utils import logging
 
+from ._extras import require
 from .configuration_lstmlm import LSTMLMConfig
 from .data import (
     BPTTStreams,
@@ -347,8 +348,8 @@ class TimeBudgetCallback(TrainerCallback):
 
 def plot_loss_curve(log_history: list[dict], path: str | os.PathLike, title: str | None = None) -> Path:
     """Train and eval loss against optimizer steps, from `trainer.state.log_history`, as a PNG."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    FigureCanvasAgg = require("matplotlib.backends.backend_agg", "train", "The loss curve").FigureCanvasAgg
+    Figure = require("matplotlib.figure", "train", "The loss curve").Figure
 
     train = [(entry["step"], entry["loss"]) for entry in log_history if "loss" in entry and "step" in entry]
     evals = [(entry["step"], entry["eval_loss"]) for entry in log_history if "eval_loss" in entry]
@@ -638,6 +639,7 @@ def run_training(
     (token- and word-level perplexity on validation and test, the whole text scored with the state carried) and
     `loss_curve.png`. Returns the eval results.
     """
+    require("accelerate", "train", "Training with the Trainer")
     run_args = run_args or RunArguments()
     output_dir = Path(training_args.output_dir)
     cache_dir = data_args.cache_dir or str(output_dir.resolve().parent / "cache")
