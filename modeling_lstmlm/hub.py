@@ -39,6 +39,8 @@ from safetensors import safe_open
 from transformers.dynamic_module_utils import get_relative_import_files
 from transformers.utils import logging
 
+from .packaged import model_card_template
+
 logger = logging.get_logger(__name__)
 
 # The run record, as `training.run_training` names it (not imported from there: that module pulls in the Trainer).
@@ -53,7 +55,6 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 OPTIONAL_TOKENIZER_FILES = ("chat_template.jinja", "special_tokens_map.json", "added_tokens.json")
 README_FILE = "README.md"
 
-DEFAULT_TEMPLATE = Path(__file__).resolve().parents[1] / "model_card.md"
 DEFAULT_LICENSE = "apache-2.0"
 DEFAULT_LANGUAGE = ("en",)
 DEFAULT_TAGS = ("lstm", "awd-lstm", "lstmlm")
@@ -394,13 +395,13 @@ def render_model_card(
     tags: list[str] | None = None,
     base_model: str | None = None,
 ) -> ModelCard:
-    """The README.md of the run's Hub repo, rendered from `template` (default: the top-level `model_card.md`).
+    """The README.md of the run's Hub repo, rendered from `template` (default: the packaged `model_card.md`).
 
     The template is Jinja2 with undefined names as errors; `{{ card_data }}` is the YAML metadata. The rendered card
     is parsed back and its metadata compared with what was built, so a template that breaks the front matter fails
     here rather than on the Hub. Nothing is written to disk.
     """
-    template = Path(template) if template is not None else DEFAULT_TEMPLATE
+    template = Path(template) if template is not None else model_card_template()
     if not template.is_file():
         raise OSError(f"Model card template {template} not found (pass `template=` a Jinja2 markdown file)")
     card_data, context = model_card_data(
@@ -427,7 +428,7 @@ def push_run(
     run_dir: str | os.PathLike,
     repo_id: str,
     revision: str | None = None,
-    private: bool = False,
+    private: bool | None = None,
     commit_message: str | None = None,
     token: str | bool | None = None,
     create: bool = True,
@@ -444,8 +445,13 @@ def push_run(
 
     The commit holds `files_to_push(run_dir)` and the README.md of `render_model_card` (rendered in memory). With
     `create=True` (the default, as `model.push_to_hub` does) the repo is created if missing (`private` applies only
-    then) and so is the branch `revision`; with `create=False` both must exist. `token=None` uses the token the
-    client finds (`HF_TOKEN`, or the one saved by `hf auth login`).
+    then; `None`, the default, is the account's default visibility) and so is the branch `revision`; with
+    `create=False` both must exist. `token=None` uses the token the client finds (`HF_TOKEN`, or the one saved by
+    `hf auth login`).
+
+    All or nothing: if the commit fails, a repo this call created is deleted again, and so is a branch it created in
+    an existing repo (the error says so, and says if that clean-up failed too); a repo or branch that was there before
+    is left as it was.
 
     Raises, before anything is sent: `OSError` / `ValueError` for an incomplete run folder or template,
     `LocalTokenNotFoundError` without any token. From the Hub: `HfHubHTTPError` (401 for a token it refuses, 403 for a
@@ -473,18 +479,26 @@ def push_run(
     operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(run_dir / name)) for name in files]
     operations.append(CommitOperationAdd(path_in_repo=README_FILE, path_or_fileobj=str(card).encode("utf-8")))
     logger.info(f"Pushing {run_dir} to {repo_id}: {', '.join(op.path_in_repo for op in operations)}")
+    created_repo = created_branch = False
     try:
         if create:
+            created_repo = not api.repo_exists(repo_id)
             repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
             if revision is not None and not revision.startswith("refs/pr/"):
+                branches = {ref.name for ref in api.list_repo_refs(repo_id).branches}
+                created_branch = not created_repo and revision not in branches
                 api.create_branch(repo_id, branch=revision, exist_ok=True)
-        return api.create_commit(
-            repo_id,
-            operations,
-            commit_message=commit_message or f"Upload {run_dir.name} (lstmlm)",
-            commit_description=commit_description,
-            revision=revision,
-        )
+        try:
+            return api.create_commit(
+                repo_id,
+                operations,
+                commit_message=commit_message or f"Upload {run_dir.name} (lstmlm)",
+                commit_description=commit_description,
+                revision=revision,
+            )
+        except Exception as err:
+            _undo_creation(api, err, repo_id, revision, created_repo, created_branch)
+            raise
     except (RepositoryNotFoundError, RevisionNotFoundError) as err:
         if not create:
             what = "repo" if isinstance(err, RepositoryNotFoundError) else f"branch {revision!r} of the repo"
@@ -496,6 +510,26 @@ def push_run(
                 f"\nThe token may not write to {repo_id}: check the namespace and the token's rights."
             )
         raise
+
+
+def _undo_creation(api: HfApi, err: Exception, repo_id: str, revision, created_repo: bool, created_branch: bool):
+    """After a failed commit: delete the repo (or branch) that `push_run` created, and say so in `err`'s message."""
+    if not (created_repo or created_branch):
+        return
+    what = f"repo {repo_id}" if created_repo else f"branch {revision!r} of {repo_id}"
+    try:
+        if created_repo:
+            api.delete_repo(repo_id)
+        else:
+            api.delete_branch(repo_id, branch=revision)
+        note = f"The {what}, created for this push, was deleted again: nothing was left on the Hub."
+    except Exception as cleanup_error:  # the original error matters most; report this one with it
+        note = f"The {what} was created for this push but could not be deleted again ({cleanup_error}): delete it."
+    logger.warning(note)
+    if isinstance(err, HfHubHTTPError):
+        err.append_to_message(f"\n{note}")
+    elif hasattr(err, "add_note"):  # Python >= 3.11
+        err.add_note(note)
 
 
 __all__ = ["files_to_push", "model_card_data", "push_run", "render_model_card"]

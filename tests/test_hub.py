@@ -668,3 +668,53 @@ def test_push_script_smoke_is_a_dry_run():
     assert all(name in PUSHED or name.endswith(".py") for name in listed[:-1])
     readme = result.stdout.split("--- README.md ---\n", 1)[1]
     assert front_matter(readme)["pipeline_tag"] == "text-generation"
+
+
+# ---------------------------------------------------------------- a failed push leaves nothing behind
+
+
+def _failing_commit(server, monkeypatch):
+    def commit(m, query, headers, body):
+        raise HubError(500, "Internal Error (injected by the test)")
+
+    monkeypatch.setattr(server, "commit", commit)
+
+
+def test_failed_push_deletes_the_repo_it_created(hub_server, run_dir, monkeypatch):
+    _failing_commit(hub_server, monkeypatch)
+    repo_id = f"{TEST_USER}/atomic-{uuid.uuid4().hex[:8]}"
+    with pytest.raises(HfHubHTTPError, match=f"(?s)500.*The repo {repo_id}, created for this push, was deleted again"):
+        push_run(run_dir, repo_id)
+    assert not HfApi().repo_exists(repo_id)
+    assert hub_server.requests("POST", "/api/repos/create") and hub_server.requests("DELETE", "/api/repos/delete")
+
+
+def test_failed_push_keeps_an_existing_repo_and_deletes_only_the_branch_it_made(hub_server, run_dir, monkeypatch):
+    repo_id = f"{TEST_USER}/atomic-{uuid.uuid4().hex[:8]}"
+    api = HfApi()
+    api.create_repo(repo_id)
+    _failing_commit(hub_server, monkeypatch)
+    with pytest.raises(HfHubHTTPError, match=f"branch 'dev' of {repo_id}, created for this push, was deleted again"):
+        push_run(run_dir, repo_id, revision="dev")
+    assert api.repo_exists(repo_id)
+    assert [ref.name for ref in api.list_repo_refs(repo_id).branches] == ["main"]
+    with pytest.raises(HfHubHTTPError, match="500") as failed:
+        push_run(run_dir, repo_id)  # nothing was created: nothing to undo
+    assert "deleted again" not in str(failed.value) and api.repo_exists(repo_id)
+
+
+def test_push_leaves_visibility_to_the_account_default(hub_server, run_dir, monkeypatch):
+    bodies = []
+    original = hub_server.create_repo
+
+    def create_repo(m, query, headers, body):
+        bodies.append(json.loads(body))
+        return original(m, query, headers, body)
+
+    monkeypatch.setattr(hub_server, "create_repo", create_repo)
+    push_run(run_dir, f"{TEST_USER}/visibility-{uuid.uuid4().hex[:8]}")
+    push_run(run_dir, f"{TEST_USER}/visibility-{uuid.uuid4().hex[:8]}", private=True)
+    # The first request sets neither `visibility` nor `private` (older clients send `private`): the Hub applies the
+    # account's default.
+    asked = [body.get("visibility") or {True: "private", False: "public"}.get(body.get("private")) for body in bodies]
+    assert asked == [None, "private"]

@@ -10,27 +10,24 @@ the cost of a turn does not grow with the conversation. One user turn per input 
 """
 
 import argparse
-import importlib.util
 import json
 import sys
 import time
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if importlib.util.find_spec("modeling_lstmlm") is None:  # a checkout without `pip install -e .`
-    sys.path.insert(0, str(REPO_ROOT))
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, TextStreamer
 
-import torch  # noqa: E402
-from transformers import AutoModelForCausalLM, AutoTokenizer, TextStreamer  # noqa: E402
-
-from modeling_lstmlm import LSTMLMConfig, LSTMLMForCausalLM  # noqa: E402
-from modeling_lstmlm.chat import ChatSession  # noqa: E402
+from lstmlm.commands._common import HelpFormatter, check_model_path
+from modeling_lstmlm import LSTMLMConfig, LSTMLMForCausalLM
+from modeling_lstmlm.chat import ChatSession
+from modeling_lstmlm.packaged import tokenizer_dir as packaged_tokenizer
 
 SMOKE_TURNS = ["Hello!", "What can you tell me about the sea?"]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--model", type=Path, default=None, help="saved model folder (required unless --smoke)")
     parser.add_argument(
         "--tokenizer",
@@ -48,7 +45,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="random seed for sampling")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     parser.add_argument(
-        "--output_dir", type=Path, default=REPO_ROOT / "runs" / "chat", help="where transcript.json and args.json go"
+        "--output_dir",
+        type=Path,
+        default=Path("runs") / "chat_transcripts",
+        help="where transcript.json and args.json go",
     )
     parser.add_argument(
         "--smoke",
@@ -57,6 +57,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         f"from stdin when it is piped, else {SMOKE_TURNS}",
     )
     args = parser.parse_args(argv)
+    check_model_path(args.model, "--model")
+    check_model_path(args.tokenizer, "--tokenizer")
     if args.model is None and not args.smoke:
         parser.error("--model is required (or pass --smoke)")
     if args.max_new_tokens < 1:
@@ -68,7 +70,7 @@ def load(args: argparse.Namespace) -> tuple[LSTMLMForCausalLM, object]:
     tokenizer_dir = args.tokenizer
     if tokenizer_dir is None:
         has_own = args.model is not None and (args.model / "tokenizer.json").is_file() and not args.smoke
-        tokenizer_dir = args.model if has_own else REPO_ROOT / "tokenizer"
+        tokenizer_dir = args.model if has_own else packaged_tokenizer()
     if not (Path(tokenizer_dir) / "tokenizer.json").is_file():
         raise SystemExit(f"no tokenizer.json in {tokenizer_dir}; pass --tokenizer")
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)

@@ -14,26 +14,22 @@ them), so it compares models with different tokenizers. The results and the reso
 """
 
 import argparse
-import importlib.util
 import json
-import sys
 import tempfile
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if importlib.util.find_spec("modeling_lstmlm") is None:  # a checkout without `pip install -e .`
-    sys.path.insert(0, str(REPO_ROOT))
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
-
-import modeling_lstmlm  # noqa: E402, F401  (registers the model with the Auto classes)
-from modeling_lstmlm.data import DataSource, load_split_texts, parse_line_range, read_text, select_lines  # noqa: E402
-from modeling_lstmlm.evaluation import evaluate_text  # noqa: E402
-from modeling_lstmlm.smoke import save_tiny_model  # noqa: E402
+import modeling_lstmlm  # noqa: F401  (registers the model with the Auto classes)
+from lstmlm.commands._common import HelpFormatter, bundled_text, check_model_path
+from modeling_lstmlm.data import DataSource, load_split_texts, parse_line_range, read_text, select_lines
+from modeling_lstmlm.evaluation import evaluate_text
+from modeling_lstmlm.packaged import tokenizer_dir as packaged_tokenizer
+from modeling_lstmlm.smoke import save_tiny_model
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--model", default=None, help="A saved model folder or Hub id")
     parser.add_argument("--tokenizer", default=None, help="Tokenizer folder or Hub id (default: the model's)")
     parser.add_argument("--text_file", nargs="+", type=Path, default=None, help="UTF-8 text files, each scored alone")
@@ -50,8 +46,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--output_file", type=Path, default=None, help="Where to write the results as JSON")
     parser.add_argument("--smoke", action="store_true", help="A tiny random model on a few lines of tinyshakespeare")
     args = parser.parse_args(argv)
+    check_model_path(args.model, "--model")
     if args.smoke:
-        args.text_file = args.text_file or [REPO_ROOT / "data" / "tinyshakespeare" / "input.txt"]
+        args.text_file = args.text_file or [bundled_text()]
         args.lines = args.lines or "0:40"
     if args.model is None and not args.smoke:
         parser.error("--model is required (or --smoke)")
@@ -88,7 +85,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         if args.model is None:  # --smoke
-            args.model = save_tiny_model(Path(tmp) / "tiny", REPO_ROOT / "tokenizer")
+            args.model = save_tiny_model(Path(tmp) / "tiny", packaged_tokenizer())
             args.output_file = args.output_file or Path("runs") / "smoke_eval.json"
         tokenizer = AutoTokenizer.from_pretrained(
             args.tokenizer or args.model, trust_remote_code=args.trust_remote_code

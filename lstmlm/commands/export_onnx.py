@@ -26,22 +26,17 @@ float folder and, with `--int8`, the int8 folder, and the relative change.
 """
 
 import argparse
-import importlib.util
 import json
-import sys
 import tempfile
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if importlib.util.find_spec("modeling_lstmlm") is None:  # a checkout without `pip install -e .`
-    sys.path.insert(0, str(REPO_ROOT))
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
-import torch  # noqa: E402
-from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
-
-import modeling_lstmlm  # noqa: E402, F401  (registers the model with the Auto classes)
-from modeling_lstmlm.data import parse_line_range, read_text, select_lines  # noqa: E402
-from modeling_lstmlm.onnx_export import (  # noqa: E402
+import modeling_lstmlm  # noqa: F401  (registers the model with the Auto classes)
+from lstmlm.commands._common import HelpFormatter, bundled_text, check_model_path
+from modeling_lstmlm.data import parse_line_range, read_text, select_lines
+from modeling_lstmlm.onnx_export import (
     DEFAULT_OPSET,
     OnnxLSTMLM,
     compare_onnx,
@@ -51,13 +46,14 @@ from modeling_lstmlm.onnx_export import (  # noqa: E402
     onnx_weight_summary,
     quantize_onnx,
 )
-from modeling_lstmlm.smoke import tiny_model  # noqa: E402
+from modeling_lstmlm.packaged import tokenizer_dir as packaged_tokenizer
+from modeling_lstmlm.smoke import tiny_model
 
 QUANTIZER_FLAGS = ("from_onnx_dir", "per_tensor", "float_embedding", "reduce_range")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--model", default=None, help="A saved model folder (float weights) to export")
     parser.add_argument("--output_dir", type=Path, default=None, help="Where to write the ONNX folder")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset version")
@@ -84,6 +80,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--show_progress", action="store_true", help="Progress bars while scoring")
     parser.add_argument("--smoke", action="store_true", help="A tiny random model and a few lines of text (seconds)")
     args = parser.parse_args(argv)
+    check_model_path(args.model, "--model")
     sources = [name for name in ("model", "from_onnx_dir", "smoke") if getattr(args, name)]
     if len(sources) != 1:
         parser.error("give exactly one of --model, --from_onnx_dir (with --int8) or --smoke")
@@ -115,8 +112,8 @@ def sample_prompts(vocab_size: int) -> tuple[torch.Tensor, torch.Tensor]:
 def load_source(args: argparse.Namespace):
     """The PyTorch model (None with --from_onnx_dir) and the tokenizer (None when there is none)."""
     if args.smoke:
-        tokenizer = AutoTokenizer.from_pretrained(REPO_ROOT / "tokenizer")
-        args.eval_file = args.eval_file or REPO_ROOT / "data" / "tinyshakespeare" / "input.txt"
+        tokenizer = AutoTokenizer.from_pretrained(packaged_tokenizer())
+        args.eval_file = args.eval_file or bundled_text()
         args.eval_lines = args.eval_lines or "38000:38020"
         return tiny_model(tokenizer, hidden_size=16, num_hidden_layers=2), tokenizer
     source = args.model or args.from_onnx_dir

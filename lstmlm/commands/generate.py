@@ -8,25 +8,21 @@ The output (prompt, continuations, resolved arguments) is printed, and written a
 """
 
 import argparse
-import importlib.util
 import json
-import sys
 import tempfile
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if importlib.util.find_spec("modeling_lstmlm") is None:  # a checkout without `pip install -e .`
-    sys.path.insert(0, str(REPO_ROOT))
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
 
-import torch  # noqa: E402
-from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed  # noqa: E402
-
-import modeling_lstmlm  # noqa: E402, F401  (registers the model with the Auto classes)
-from modeling_lstmlm.smoke import save_tiny_model  # noqa: E402
+import modeling_lstmlm  # noqa: F401  (registers the model with the Auto classes)
+from lstmlm.commands._common import HelpFormatter, check_model_path
+from modeling_lstmlm.packaged import tokenizer_dir as packaged_tokenizer
+from modeling_lstmlm.smoke import save_tiny_model
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--model", default=None, help="A saved model folder or Hub id (with its tokenizer)")
     parser.add_argument("--tokenizer", default=None, help="Tokenizer folder or Hub id (default: the model's)")
     parser.add_argument("--prompt", default="ROMEO:", help="The text to continue")
@@ -44,6 +40,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--output_file", type=Path, default=None, help="Also write the result as JSON here")
     parser.add_argument("--smoke", action="store_true", help="Generate a few tokens with a tiny random model")
     args = parser.parse_args(argv)
+    check_model_path(args.model, "--model")
+    check_model_path(args.tokenizer, "--tokenizer")
     for name in ("max_new_tokens", "num_beams", "num_return_sequences"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be >= 1")
@@ -87,7 +85,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         if args.model is None:  # --smoke
-            args.model = save_tiny_model(Path(tmp) / "tiny", REPO_ROOT / "tokenizer")
+            args.model = save_tiny_model(Path(tmp) / "tiny", packaged_tokenizer())
             args.max_new_tokens = min(args.max_new_tokens, 8)
         result = generate(args)
     for i, text in enumerate(result["continuations"]):

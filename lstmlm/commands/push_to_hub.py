@@ -2,9 +2,9 @@
 config and a README.md rendered from model_card.md, all in one commit.
 
     python scripts/push_to_hub.py runs/demo me/lstmlm-demo                     # creates the repo if needed
-    python scripts/push_to_hub.py runs/demo me/lstmlm-demo --private --commit-message "Tiny Shakespeare, 2x512"
-    python scripts/push_to_hub.py runs/demo me/lstmlm-demo --revision v2 --no-create  # repo must exist (branch made)
-    python scripts/push_to_hub.py runs/demo me/lstmlm-demo --dry-run           # show files and README, send nothing
+    python scripts/push_to_hub.py runs/demo me/lstmlm-demo --private --commit_message "Tiny Shakespeare, 2x512"
+    python scripts/push_to_hub.py runs/demo me/lstmlm-demo --revision v2 --no_create  # repo must exist (branch made)
+    python scripts/push_to_hub.py runs/demo me/lstmlm-demo --dry_run           # show files and README, send nothing
     python scripts/push_to_hub.py --smoke                                      # tiny run folder, dry run (CI)
 
 The token comes from HF_TOKEN or `hf auth login` (or --token); HF_ENDPOINT points the client at another Hub. Anyone
@@ -13,36 +13,41 @@ with `trust_remote_code=True` (pin `revision=`) where the package is not install
 """
 
 import argparse
-import importlib.util
 import json
-import sys
 import tempfile
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if importlib.util.find_spec("modeling_lstmlm") is None:  # a checkout without `pip install -e .`
-    sys.path.insert(0, str(REPO_ROOT))
-
-from modeling_lstmlm.hub import (  # noqa: E402
+from lstmlm.commands._common import HelpFormatter
+from modeling_lstmlm.hub import (
     DEFAULT_LANGUAGE,
     DEFAULT_LICENSE,
-    DEFAULT_TEMPLATE,
     files_to_push,
     push_run,
     render_model_card,
 )
 
 
-def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def make_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("run_dir", nargs="?", help="The run folder (what scripts/train.py wrote, e.g. runs/demo).")
     parser.add_argument("repo_id", nargs="?", help="The Hub repo, `namespace/name` (or `name` for your own user).")
     parser.add_argument("--revision", default=None, help="Branch to commit to (default main); created if missing.")
-    parser.add_argument("--private", action="store_true", help="Create the repo private (no effect if it exists).")
-    parser.add_argument("--commit-message", default=None, help="The commit title (default: 'Upload RUN (lstmlm)').")
-    parser.add_argument("--commit-description", default=None, help="A longer commit description.")
     parser.add_argument(
-        "--no-create", action="store_true", help="Do not create the repo or the branch: both must already exist."
+        "--private",
+        action="store_true",
+        help="Create the repo private (default: the account's default visibility; no effect on an existing repo).",
+    )
+    parser.add_argument(
+        "--commit_message", "--commit-message", default=None, help="The commit title (default: 'Upload RUN (lstmlm)')."
+    )
+    parser.add_argument(
+        "--commit_description", "--commit-description", default=None, help="A longer commit description."
+    )
+    parser.add_argument(
+        "--no_create",
+        "--no-create",
+        action="store_true",
+        help="Do not create the repo or the branch: both must already exist.",
     )
     parser.add_argument("--token", default=None, help="A Hub token with write access (default: HF_TOKEN or login).")
     parser.add_argument("--license", default=DEFAULT_LICENSE, help="License id for the card metadata.")
@@ -56,9 +61,15 @@ def make_parser() -> argparse.ArgumentParser:
         help="Hub dataset id of the training text for the metadata (repeatable; default: from run_args.json).",
     )
     parser.add_argument("--tag", action="append", default=None, help="Extra tag for the metadata (repeatable).")
-    parser.add_argument("--base-model", default=None, help="Hub id of the model this run was fine-tuned from.")
-    parser.add_argument("--template", default=str(DEFAULT_TEMPLATE), help="The model card template (Jinja2 markdown).")
-    parser.add_argument("--dry-run", action="store_true", help="Print the files and the README; send nothing.")
+    parser.add_argument(
+        "--base_model", "--base-model", default=None, help="Hub id of the model this run was fine-tuned from."
+    )
+    parser.add_argument(
+        "--template", default=None, help="The model card template (Jinja2; default: the packaged model_card.md)."
+    )
+    parser.add_argument(
+        "--dry_run", "--dry-run", action="store_true", help="Print the files and the README; send nothing."
+    )
     parser.add_argument(
         "--smoke",
         action="store_true",
@@ -72,12 +83,12 @@ def make_smoke_run(folder: Path) -> Path:
     """A tiny untrained model with the committed tokenizer, saved as a run folder (no run record)."""
     from modeling_lstmlm.smoke import save_tiny_model
 
-    save_tiny_model(folder, REPO_ROOT / "tokenizer")
+    save_tiny_model(folder)  # the packaged tokenizer
     return folder
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = make_parser()
+def main(argv: list[str] | None = None, prog: str | None = None) -> None:
+    parser = make_parser(prog)
     args = parser.parse_args(argv)
     if not args.smoke and (args.run_dir is None or args.repo_id is None):
         parser.error("RUN_DIR and REPO_ID are required (or --smoke)")
@@ -108,7 +119,7 @@ def main(argv: list[str] | None = None) -> None:
                 run_dir,
                 repo_id,
                 revision=args.revision,
-                private=args.private,
+                private=True if args.private else None,  # None: the account's default visibility
                 commit_message=args.commit_message,
                 token=args.token,
                 create=not args.no_create,
@@ -116,7 +127,7 @@ def main(argv: list[str] | None = None) -> None:
                 **card_options,
             )
         except (OSError, ValueError) as err:  # HfHubHTTPError is an OSError: every expected failure, no traceback
-            raise SystemExit(f"push_to_hub.py: error: {err}") from err
+            raise SystemExit(f"{parser.prog}: error: {err}") from err
     print(f"\nPushed {run_dir} to {repo_id} in commit {commit.oid}\n{commit.commit_url}")
 
 

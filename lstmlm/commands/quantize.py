@@ -15,26 +15,22 @@ decoding path that `generate` uses, on the int8 kernels) and in windows of `--ev
 """
 
 import argparse
-import importlib.util
 import json
-import sys
 import tempfile
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if importlib.util.find_spec("modeling_lstmlm") is None:  # a checkout without `pip install -e .`
-    sys.path.insert(0, str(REPO_ROOT))
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
-
-import modeling_lstmlm  # noqa: E402, F401  (registers the model with the Auto classes)
-from modeling_lstmlm.data import parse_line_range, read_text, select_lines  # noqa: E402
-from modeling_lstmlm.quantization import perplexity_report, quantize_model  # noqa: E402
-from modeling_lstmlm.smoke import save_tiny_model  # noqa: E402
+import modeling_lstmlm  # noqa: F401  (registers the model with the Auto classes)
+from lstmlm.commands._common import HelpFormatter, bundled_text, check_model_path
+from modeling_lstmlm.data import parse_line_range, read_text, select_lines
+from modeling_lstmlm.packaged import tokenizer_dir as packaged_tokenizer
+from modeling_lstmlm.quantization import perplexity_report, quantize_model
+from modeling_lstmlm.smoke import save_tiny_model
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--model", default=None, help="A saved float model folder (with its tokenizer)")
     parser.add_argument("--output_dir", type=Path, default=None, help="Where to write the int8 folder")
     parser.add_argument("--tokenizer", default=None, help="Tokenizer folder (default: the model's)")
@@ -50,6 +46,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--show_progress", action="store_true", help="Progress bars while scoring")
     parser.add_argument("--smoke", action="store_true", help="A tiny random model and a few lines of text (seconds)")
     args = parser.parse_args(argv)
+    check_model_path(args.model, "--model")
     if args.model is None and not args.smoke:
         parser.error("--model is required (or --smoke)")
     if args.output_dir is None:
@@ -82,9 +79,9 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         if args.smoke:
-            tokenizer_dir = REPO_ROOT / "tokenizer"
+            tokenizer_dir = packaged_tokenizer()
             args.model = save_tiny_model(Path(tmp) / "tiny", tokenizer_dir, hidden_size=32, num_hidden_layers=2)
-            args.eval_file = args.eval_file or REPO_ROOT / "data" / "tinyshakespeare" / "input.txt"
+            args.eval_file = args.eval_file or bundled_text()
             args.eval_lines = args.eval_lines or "38000:38020"
             args.eval_window = min(args.eval_window, 32)
         return quantize(args)

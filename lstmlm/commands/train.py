@@ -18,22 +18,17 @@ test) and `loss_curve.png`.
 """
 
 import argparse
-import importlib.util
 import json
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if importlib.util.find_spec("modeling_lstmlm") is None:  # a checkout without `pip install -e .`
-    sys.path.insert(0, str(REPO_ROOT))
+import torch
+from transformers import HfArgumentParser, TrainingArguments
 
-import torch  # noqa: E402
-from transformers import HfArgumentParser, TrainingArguments  # noqa: E402
+from lstmlm.commands._common import TINYSHAKESPEARE, HelpFormatter, check_model_path
+from modeling_lstmlm.packaged import tokenizer_dir as packaged_tokenizer
+from modeling_lstmlm.training import DataArguments, ModelArguments, RunArguments, run_training
 
-from modeling_lstmlm.training import DataArguments, ModelArguments, RunArguments, run_training  # noqa: E402
-
-TINYSHAKESPEARE = REPO_ROOT / "data" / "tinyshakespeare" / "input.txt"
 DEFAULT_DATA = {
     "train_file": [str(TINYSHAKESPEARE)],
     "train_lines": "0:36000",
@@ -90,7 +85,7 @@ def make_parser() -> HfArgumentParser:
     return HfArgumentParser(
         (ModelArguments, DataArguments, RunArguments, TrainingArguments, ScriptArguments),
         description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
 
 
@@ -113,6 +108,8 @@ def parse_args(argv: list[str] | None = None):
         defaults.update(recipe)
     parser.set_defaults(**defaults)
     model_args, data_args, run_args, training_args, script_args = parser.parse_args_into_dataclasses(args=argv)
+    check_model_path(model_args.model_name_or_path, "--model_name_or_path")
+    check_model_path(model_args.tokenizer_name, "--tokenizer_name")
     if data_args.train_file is None and data_args.dataset_name is None:
         for name, value in DEFAULT_DATA.items():
             setattr(data_args, name, value)
@@ -122,7 +119,7 @@ def parse_args(argv: list[str] | None = None):
 def main(argv: list[str] | None = None) -> dict:
     model_args, data_args, run_args, training_args, script_args = parse_args(argv)
     results = run_training(
-        model_args, data_args, training_args, run_args, default_tokenizer=REPO_ROOT / "tokenizer", report=print
+        model_args, data_args, training_args, run_args, default_tokenizer=packaged_tokenizer(), report=print
     )
     if training_args.process_index == 0:
         print(f"\nRun folder: {training_args.output_dir}")

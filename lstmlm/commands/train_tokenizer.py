@@ -10,22 +10,18 @@ repository root, sha256), the arguments, and the library versions. Same corpus a
 
 import argparse
 import hashlib
-import importlib.util
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if importlib.util.find_spec("modeling_lstmlm") is None:  # a checkout without `pip install -e .`
-    sys.path.insert(0, str(REPO_ROOT))
+import tokenizers
+import transformers
+from transformers import AutoTokenizer
 
-import tokenizers  # noqa: E402
-import transformers  # noqa: E402
-from transformers import AutoTokenizer  # noqa: E402
-
-from modeling_lstmlm.tokenization import (  # noqa: E402
+from lstmlm.commands._common import CHECKOUT, HelpFormatter
+from modeling_lstmlm.packaged import tokenizer_dir as packaged_tokenizer
+from modeling_lstmlm.tokenization import (
     DEFAULT_MIN_FREQUENCY,
     DEFAULT_VOCAB_SIZE,
     default_tokenizer_files,
@@ -39,7 +35,7 @@ SAMPLE = "First Citizen:\nBefore we proceed any further, hear me speak. 👋 世
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument(
         "--files",
         nargs="+",
@@ -78,11 +74,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def display_path(path: Path) -> str:
     """A path relative to the repository root when it lies inside it, so the record is machine-independent."""
     resolved = path.resolve()
-    return resolved.relative_to(REPO_ROOT).as_posix() if resolved.is_relative_to(REPO_ROOT) else str(resolved)
+    return resolved.relative_to(CHECKOUT).as_posix() if resolved.is_relative_to(CHECKOUT) else str(resolved)
 
 
 def train_and_save(args: argparse.Namespace, output_dir: Path, work_dir: Path) -> None:
-    files = args.files if args.files is not None else default_tokenizer_files(REPO_ROOT)
+    files = args.files if args.files is not None else default_tokenizer_files(CHECKOUT)
     train_files = files
     if args.smoke:  # train on a slice of each file, written to work_dir
         train_files = []
@@ -133,7 +129,7 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="train_tokenizer-") as work_dir:
         output_dir = args.output_dir
         if output_dir is None:
-            output_dir = Path(work_dir) / "tokenizer" if args.smoke else REPO_ROOT / "tokenizer"
+            output_dir = Path(work_dir) / "tokenizer" if args.smoke else packaged_tokenizer()
         train_and_save(args, output_dir, Path(work_dir))
 
 

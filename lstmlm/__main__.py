@@ -1,0 +1,3 @@
+from lstmlm.cli import main
+
+main()
