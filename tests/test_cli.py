@@ -74,7 +74,7 @@ def test_a_missing_local_model_fails_in_one_line_without_the_hub(script, args, t
         env=env,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=600,
     )
     assert done.returncode == 1
     flag = args[-1]
