@@ -1,3 +1,5 @@
+import sys
+
 from lstmlm.cli import main
 
-main()
+sys.exit(main())

@@ -8,6 +8,7 @@
     lstmlm quantize --model runs/demo --output_dir runs/demo-int8
     lstmlm export-onnx --model runs/demo --output_dir runs/demo-onnx
     lstmlm train-tokenizer --smoke
+    lstmlm serve runs/demo --port 8000
 
 `lstmlm COMMAND --help` lists a command's flags (the same as the matching `scripts/*.py` of a checkout).
 """
@@ -27,6 +28,7 @@ COMMANDS = {
     "quantize": ("quantize", "int8 weights for CPU inference"),
     "export-onnx": ("export_onnx", "ONNX prefill + decode-step graphs (needs lstmlm[onnx])"),
     "train-tokenizer": ("train_tokenizer", "train the byte-level BPE tokenizer"),
+    "serve": ("serve", "an OpenAI-compatible HTTP server, batched decoding (needs lstmlm[serve])"),
 }
 
 
@@ -50,11 +52,13 @@ def main(argv: list[str] | None = None):
     sys.argv[0] = f"lstmlm {command}"  # argparse's usage and errors name the command
     try:
         if command == "push":
-            return module.main(rest, prog=sys.argv[0])
-        return module.main(rest)
+            module.main(rest, prog=sys.argv[0])
+        else:
+            module.main(rest)  # what it returns (a result dict) is for Python callers: the exit status is 0
     finally:
         sys.argv[0] = program
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

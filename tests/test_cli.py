@@ -14,7 +14,17 @@ from lstmlm.commands._common import check_model_path, looks_local
 def test_help_lists_every_command(capsys):
     assert cli.main(["--help"]) == 0
     out = capsys.readouterr().out
-    for name in ("train", "generate", "chat", "evaluate", "push", "quantize", "export-onnx", "train-tokenizer"):
+    for name in (
+        "train",
+        "generate",
+        "chat",
+        "evaluate",
+        "push",
+        "quantize",
+        "export-onnx",
+        "train-tokenizer",
+        "serve",
+    ):
         assert f"\n  {name} " in out, name
 
 
@@ -33,7 +43,8 @@ def test_each_command_help_shows_its_defaults(command, capsys):
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
     assert out.startswith(f"usage: lstmlm {command} ")
-    assert "(default: " in out
+    if command != "serve":  # serving's own parser (issue 13) states its defaults in the help texts
+        assert "(default: " in out
 
 
 def test_looks_local(tmp_path, monkeypatch):
