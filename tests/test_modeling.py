@@ -84,7 +84,9 @@ def test_logits_to_keep_keeps_the_last_positions(tiny_model):
     # The head runs on 1 row instead of 7: another matmul shape, so BLAS may sum in another order (it does with MKL on
     # AMD EPYC, ~1.5e-8). Tolerance: the float32 rounding bound of that matmul, not bit equality.
     hidden = tiny_model.model(ids).last_hidden_state[:, -1:]
-    torch.testing.assert_close(kept, full[:, -1:], rtol=0, atol=matmul_atol(hidden, tiny_model.lm_head.weight, tiny_model.lm_head.bias))
+    torch.testing.assert_close(
+        kept, full[:, -1:], rtol=0, atol=matmul_atol(hidden, tiny_model.lm_head.weight, tiny_model.lm_head.bias)
+    )
 
 
 def test_state_continues_across_calls(tiny_model):
