@@ -22,7 +22,7 @@ cd "$WORK"
 export OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1
 
 echo "== core install: $("$VPY" -m pip list 2>/dev/null | grep -ciE '^(datasets|accelerate|onnx|sacrebleu|matplotlib) ') extras present"
-"$LSTMLM" --help | head -3
+"$LSTMLM" --help > help.txt && head -3 help.txt  # (a pipe into head would break the pipe under pipefail)
 "$VPY" - "$ROOT" <<'PY'
 import filecmp, sys
 from pathlib import Path
