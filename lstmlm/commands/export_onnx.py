@@ -72,7 +72,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--float_embedding", action="store_true", help="With --int8: keep the embedding in float32")
     parser.add_argument(
-        "--reduce_range", action="store_true", help="With --int8: 7-bit weights (onnxruntime's advice without VNNI)"
+        "--reduce_range",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="With --int8: 7-bit weights (onnxruntime's advice without VNNI); default: on when this CPU lacks VNNI",
     )
     parser.add_argument("--eval_file", type=Path, default=None, help="Held-out text: perplexity of the ONNX folders")
     parser.add_argument("--eval_lines", default=None, help="Lines 'start:end' of --eval_file to score (default all)")
