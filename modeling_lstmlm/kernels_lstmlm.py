@@ -21,8 +21,11 @@ parametrizations (accelerate's offload hooks, PEFT's parametrized adapters, user
 weights around the call); everything else runs the plain ATen path. The result equals ATen's step within float32
 rounding (a different summation order: differences of a few 1e-7 relative, `tests/test_kernels.py` bounds them).
 
-Set `module.decode_kernel = "aten" | "onednn" | "onnxruntime"` on an `LSTMLMLayer` or the output layer to force one
-(`"auto"`, the default, benchmarks); `module.decode_kernel_choice` holds `(kernel, reason)` once chosen.
+Set `module.decode_kernel = "auto" | "aten" | "onednn" | "onnxruntime"` on an `LSTMLMLayer` or the output layer
+(`set_decode_kernel(model, "auto")` for all of them) to choose; `module.decode_kernel_choice` holds `(kernel, reason)`
+once chosen. The default is `"aten"`: with `"auto"`, `tests/test_scripts.py::test_evaluate_matches_the_end_of_training_numbers`
+found the scored NLL of a freshly trained model 0.12% off the same model's score after reloading (cause not found yet),
+so the packed kernels stay opt-in until that is understood.
 
 This file travels as remote code next to `modeling_lstmlm.py`: it imports only torch and transformers (numpy, onnx and
 onnxruntime lazily, inside the functions that use them, each optional).
@@ -421,7 +424,7 @@ class DecodingLinear(nn.Linear):
     ```
     """
 
-    decode_kernel: str = "auto"
+    decode_kernel: str = "aten"  # "auto" is opt-in: see kernels_lstmlm
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = linear(self, x)

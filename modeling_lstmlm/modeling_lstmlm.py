@@ -229,9 +229,10 @@ class LSTMLMLayer(nn.Module):
     """
 
     single_step: bool = True
-    # "auto": the decoding step measures the kernels this machine can run at first use and keeps the fastest
+    # "aten" (default): ATen's lstm_cell. "auto" (opt-in): the decoding step measures the kernels this machine can run at
+    # first use and keeps the fastest
     # (`kernels_lstmlm`); or one of "aten", "onednn", "onnxruntime". The choice and its reason: `decode_kernel_choice`.
-    decode_kernel: str = "auto"
+    decode_kernel: str = "aten"  # "auto" is opt-in: see kernels_lstmlm
 
     def __init__(self, input_size: int, hidden_size: int, weight_dropout: float = 0.0):
         super().__init__()

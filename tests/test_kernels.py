@@ -150,12 +150,14 @@ def test_the_plain_path_is_kept_where_a_packed_copy_is_not_safe():
 
 def test_auto_measures_and_records_the_choice_and_small_weights_keep_aten():
     small = _lstm(16, 16)
+    small.decode_kernel = "auto"  # opt-in (the default is "aten")
     x, h, c = _state(1, small)
     with torch.no_grad():
         K.lstm_step(small, x, (h, c), _weights(small))
     assert small.decode_kernel_choice[0] == "aten"
     assert "not worth a packed copy" in small.decode_kernel_choice[1]
     big = _lstm(128, 128)  # 528 KB of weights: measured
+    big.decode_kernel = "auto"
     x, h, c = _state(1, big)
     with torch.no_grad():
         want = torch.lstm_cell(x, (h, c), *_weights(big))
