@@ -46,6 +46,21 @@ def make_tiny_config(**overrides) -> LSTMLMConfig:
     return LSTMLMConfig(**values)
 
 
+def make_lively_model(seed=0, **overrides) -> LSTMLMForCausalLM:
+    """A tiny untied model whose greedy output varies (the default init collapses onto one token), in eval mode."""
+    torch.manual_seed(seed)
+    model = LSTMLMForCausalLM(make_tiny_config(**{"tie_word_embeddings": False, "eos_token_id": None, **overrides}))
+    with torch.no_grad():
+        for param in model.parameters():
+            param.normal_(0.0, 1.0)
+    return model.eval()
+
+
+def random_ids(batch, seq, seed=0):
+    """Seeded token ids in [2, 64) (no bos/pad) of shape (batch, seq) for the tiny config."""
+    return torch.randint(2, 64, (batch, seq), generator=torch.Generator().manual_seed(seed))
+
+
 @pytest.fixture
 def tiny_config() -> LSTMLMConfig:
     return make_tiny_config()

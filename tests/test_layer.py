@@ -6,28 +6,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_tiny_config
+from conftest import make_lively_model, random_ids
 from transformers import AutoModelForCausalLM
 
 import modeling_lstmlm.modeling_lstmlm as modeling
-from modeling_lstmlm import LSTMLMCache, LSTMLMForCausalLM
+from modeling_lstmlm import LSTMLMCache
 from modeling_lstmlm.modeling_lstmlm import LSTMLMLayer
 
 OLD_FOLDER = Path(__file__).parent / "fixtures" / "lstmlm-nn-lstm-layout"
-
-
-def _lively(seed=0, **overrides) -> LSTMLMForCausalLM:
-    """A tiny model whose greedy output varies (the default init collapses onto one token)."""
-    torch.manual_seed(seed)
-    model = LSTMLMForCausalLM(make_tiny_config(**{"tie_word_embeddings": False, "eos_token_id": None, **overrides}))
-    with torch.no_grad():
-        for param in model.parameters():
-            param.normal_(0.0, 1.0)
-    return model.eval()
-
-
-def _ids(batch, seq, seed=0):
-    return torch.randint(2, 64, (batch, seq), generator=torch.Generator().manual_seed(seed))
 
 
 def _nn_lstm(layer: LSTMLMLayer) -> torch.nn.LSTM:
@@ -83,8 +69,8 @@ def test_folder_saved_with_nn_lstm_layers_loads_with_identical_logits_and_ids():
 
 
 def test_reset_clears_the_state_and_seen_tokens():
-    model = _lively()
-    ids = _ids(2, 6)
+    model = make_lively_model()
+    ids = random_ids(2, 6)
     cache = model(ids, use_cache=True).cache
     cache.reset()
     assert cache.seen_tokens == 0 and cache.get_state(0) is None
@@ -99,8 +85,8 @@ def test_reset_clears_the_state_and_seen_tokens():
 
 
 def test_beam_search_cache_is_refused_with_a_clear_error():
-    model = _lively()
-    prompt = _ids(1, 4)
+    model = make_lively_model()
+    prompt = random_ids(1, 4)
     out = model.generate(
         prompt, max_new_tokens=5, num_beams=3, num_return_sequences=3, do_sample=False, return_dict_in_generate=True
     )
@@ -115,8 +101,8 @@ def test_beam_search_cache_is_refused_with_a_clear_error():
 
 
 def test_static_cache_implementation_gives_the_default_ids():
-    model = _lively()
-    prompt = _ids(2, 4)
+    model = make_lively_model()
+    prompt = random_ids(2, 4)
     default = model.generate(prompt, max_new_tokens=10, do_sample=False)
     static = model.generate(prompt, max_new_tokens=10, do_sample=False, cache_implementation="static")
     assert static.tolist() == default.tolist()
@@ -127,8 +113,8 @@ def test_static_cache_implementation_gives_the_default_ids():
 
 
 def test_carried_state_stays_float32_under_bf16_autocast():
-    model = _lively()
-    ids = _ids(2, 6)
+    model = make_lively_model()
+    ids = random_ids(2, 6)
     model.train()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = model(ids, labels=ids, use_cache=True)  # a training window
@@ -170,8 +156,8 @@ class _HostSyncs:
 
 
 def test_decoding_and_training_steps_make_no_host_synchronisation(monkeypatch):
-    model = _lively(weight_dropout=0.3, embedding_row_dropout=0.1, activation_regularization=1.0)
-    ids = _ids(2, 6)
+    model = make_lively_model(weight_dropout=0.3, embedding_row_dropout=0.1, activation_regularization=1.0)
+    ids = random_ids(2, 6)
     with torch.no_grad():
         cache = model(ids, use_cache=True).cache
     syncs = _HostSyncs(monkeypatch)

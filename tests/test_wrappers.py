@@ -3,7 +3,7 @@ and PEFT LoRA adapters (on the LSTM weights, the output layer and the embedding)
 
 import pytest
 import torch
-from conftest import make_tiny_config
+from conftest import make_lively_model, random_ids
 from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
 
 from modeling_lstmlm import LSTMLMForCausalLM
@@ -13,28 +13,14 @@ from modeling_lstmlm.modeling_lstmlm import LSTMLMLayer
 peft = pytest.importorskip("peft", reason="PEFT tests need the [peft] extra")
 
 
-def _lively(seed=0, **overrides) -> LSTMLMForCausalLM:
-    """A tiny model whose greedy output varies (the default init collapses onto one token)."""
-    torch.manual_seed(seed)
-    model = LSTMLMForCausalLM(make_tiny_config(**{"tie_word_embeddings": False, "eos_token_id": None, **overrides}))
-    with torch.no_grad():
-        for param in model.parameters():
-            param.normal_(0.0, 1.0)
-    return model.eval()
-
-
-def _ids(batch, seq, seed=0):
-    return torch.randint(2, 64, (batch, seq), generator=torch.Generator().manual_seed(seed))
-
-
 # ---------------------------------------------------------------- accelerate
 
 
 @pytest.mark.parametrize("tied", [True, False], ids=["tied", "untied"])
 def test_disk_offloaded_layer_generates_the_plain_models_ids(tmp_path, tied):
-    model = _lively(tie_word_embeddings=tied, embedding_size=8)
+    model = make_lively_model(tie_word_embeddings=tied, embedding_size=8)
     model.save_pretrained(tmp_path / "model")
-    prompt = _ids(2, 4)
+    prompt = random_ids(2, 4)
     expected = model.generate(prompt, max_new_tokens=8, do_sample=False)
     assert len(set(expected[0, 4:].tolist())) > 2  # the comparison is not vacuous: the output varies
     device_map = {
@@ -54,9 +40,9 @@ def test_disk_offloaded_layer_generates_the_plain_models_ids(tmp_path, tied):
 
 
 def test_device_map_auto_with_max_memory_splits_at_layers_and_generates_the_same(tmp_path):
-    model = _lively(embedding_size=8)
+    model = make_lively_model(embedding_size=8)
     model.save_pretrained(tmp_path / "model")
-    prompt = _ids(2, 4)
+    prompt = random_ids(2, 4)
     expected = model.generate(prompt, max_new_tokens=8, do_sample=False)
     auto = AutoModelForCausalLM.from_pretrained(
         tmp_path / "model",
@@ -85,7 +71,7 @@ def _lora(model, **overrides):
 
 class _Tokens(torch.utils.data.Dataset):
     def __init__(self, n=8, seq=8):
-        self.rows = _ids(n, seq, seed=3)
+        self.rows = random_ids(n, seq, seed=3)
 
     def __len__(self):
         return len(self.rows)
@@ -98,7 +84,7 @@ class _Tokens(torch.utils.data.Dataset):
 def test_lora_on_lstm_weights_head_and_embedding_trains_generates_saves_and_merges(tmp_path, weight_dropout):
     from peft import PeftModel
 
-    base = _lively(weight_dropout=weight_dropout, embedding_row_dropout=0.1)
+    base = make_lively_model(weight_dropout=weight_dropout, embedding_row_dropout=0.1)
     base_state = {k: v.clone() for k, v in base.state_dict().items()}
     model = _lora(base)
     wrapped = [name for name, _ in model.named_modules() if name.endswith(("layers.0", "layers.1"))]
@@ -123,7 +109,7 @@ def test_lora_on_lstm_weights_head_and_embedding_trains_generates_saves_and_merg
         else:
             assert torch.equal(param, base_state[name.replace("base_model.model.", "").replace(".base_layer", "")])
     model.eval()
-    ids = _ids(2, 6, seed=5)
+    ids = random_ids(2, 6, seed=5)
     with torch.no_grad():
         adapted = model(input_ids=ids).logits
     generated = model.generate(input_ids=ids[:, :3], max_new_tokens=6, do_sample=False)
