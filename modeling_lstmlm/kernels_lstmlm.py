@@ -22,10 +22,14 @@ weights around the call); everything else runs the plain ATen path. The result e
 rounding (a different summation order: differences of a few 1e-7 relative, `tests/test_kernels.py` bounds them).
 
 Set `module.decode_kernel = "auto" | "aten" | "onednn" | "onnxruntime"` on an `LSTMLMLayer` or the output layer
-(`set_decode_kernel(model, "auto")` for all of them) to choose; `module.decode_kernel_choice` holds `(kernel, reason)`
-once chosen. The default is `"aten"`: with `"auto"`, `tests/test_scripts.py::test_evaluate_matches_the_end_of_training_numbers`
-found the scored NLL of a freshly trained model 0.12% off the same model's score after reloading (cause not found yet),
-so the packed kernels stay opt-in until that is understood.
+(`set_decode_kernel(model, "aten")` for all of them) to choose; the default is `"auto"`. `module.decode_kernel_choice`
+holds `(kernel, reason)` once chosen.
+
+When a packed copy is rebuilt: its weights' address, `_version` or shape changed (in-place ops, `copy_`,
+`load_state_dict`, a new tensor), the thread count changed, any `torch.optim` optimizer stepped in this process (fused
+optimizers, the Trainer's default, write the weights without bumping `_version`), or the module's `train()` / `eval()`
+ran. The one write no check sees is through `.data` (`weight.data.copy_(...)`, outside autograd's bookkeeping by
+design): call `forget_packed(module)` (or `model.eval()`) after one.
 
 This file travels as remote code next to `modeling_lstmlm.py`: it imports only torch and transformers (numpy, onnx and
 onnxruntime lazily, inside the functions that use them, each optional).
@@ -39,6 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
+from torch.optim.optimizer import register_optimizer_step_post_hook
 from transformers.utils import logging
 
 logger = logging.get_logger(__name__)
@@ -99,8 +104,33 @@ def fast_path_allowed(module: nn.Module, *tensors: torch.Tensor) -> bool:
     )
 
 
+# Optimizer steps taken in this process. Fused optimizers (`AdamW(fused=True)`, what the Trainer uses by default) update
+# the weights in place without bumping their `_version`, so `_version` alone misses a training step: every packed copy
+# also records this count and is rebuilt once any `torch.optim` optimizer has stepped since it was made.
+_OPTIMIZER_STEPS = 0
+
+
+def _count_optimizer_step(optimizer, args, kwargs) -> None:
+    global _OPTIMIZER_STEPS
+    _OPTIMIZER_STEPS += 1
+
+
+register_optimizer_step_post_hook(_count_optimizer_step)
+
+
 def _key(tensors) -> tuple:
-    return tuple((t.data_ptr(), t._version, tuple(t.shape)) for t in tensors) + (torch.get_num_threads(),)
+    """What a packed copy is checked against on every call: each weight's address, `_version` (bumped by in-place
+    ops, `copy_`, `load_state_dict`) and shape, the thread count, and the process's optimizer steps."""
+    weights = tuple((t.data_ptr(), t._version, tuple(t.shape)) for t in tensors)
+    return weights + (torch.get_num_threads(), _OPTIMIZER_STEPS)
+
+
+def forget_packed(module: nn.Module) -> None:
+    """Drop `module`'s packed copies (rebuilt at its next inference call). Run on every `train()` / `eval()` of the
+    modules that have them, and for writes the checks cannot see (`weight.data.copy_(...)` bypasses `_version`)."""
+    slot = module.__dict__.get("_decode_kernel_slot")
+    if slot is not None:
+        slot.kernel = slot.key = slot.requested = None
 
 
 # ----------------------------------------------------------------------------- kernels
@@ -380,12 +410,9 @@ def lstm_step(layer: nn.Module, x: torch.Tensor, state: tuple[torch.Tensor, torc
         return None
     w_ih, w_hh = weights[0], weights[1]
 
-    def make_args(batch):
-        return (
-            x.new_zeros(batch, w_ih.shape[1]).normal_(),
-            x.new_zeros(batch, w_hh.shape[1]).normal_(),
-            x.new_zeros(batch, w_hh.shape[1]).normal_(),
-        )
+    def make_args(batch):  # a private generator: choosing a kernel never moves the global RNG (sampling stays seeded)
+        generator = torch.Generator().manual_seed(batch)
+        return tuple(torch.randn(batch, n, generator=generator) for n in (w_ih.shape[1], w_hh.shape[1], w_hh.shape[1]))
 
     kernel = _kernel_for(layer, "LSTM step", _STEP_KERNELS, tuple(weights), make_args)
     return None if kernel is None else kernel(x, h, c)
@@ -399,7 +426,7 @@ def linear(module: nn.Linear, x: torch.Tensor) -> torch.Tensor | None:
         return None
 
     def make_args(batch):
-        return (x.new_zeros(batch, weight.shape[1]).normal_(),)
+        return (torch.randn(batch, weight.shape[1], generator=torch.Generator().manual_seed(batch)),)
 
     kernel = _kernel_for(module, "linear", _LINEAR_KERNELS, (weight, bias), make_args)
     if kernel is None:
@@ -424,7 +451,11 @@ class DecodingLinear(nn.Linear):
     ```
     """
 
-    decode_kernel: str = "aten"  # "auto" is opt-in: see kernels_lstmlm
+    decode_kernel: str = "auto"
+
+    def train(self, mode: bool = True):
+        forget_packed(self)  # a switch of mode starts or ends a phase in which the weights may change
+        return super().train(mode)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = linear(self, x)

@@ -25,7 +25,7 @@ from transformers.modeling_utils import PreTrainedModel, slice_logits_to_keep
 from transformers.utils import ModelOutput, logging
 
 from .configuration_lstmlm import LSTMLMConfig
-from .kernels_lstmlm import DecodingLinear, lstm_step
+from .kernels_lstmlm import DecodingLinear, forget_packed, lstm_step
 
 logger = logging.get_logger(__name__)
 
@@ -229,10 +229,9 @@ class LSTMLMLayer(nn.Module):
     """
 
     single_step: bool = True
-    # "aten" (default): ATen's lstm_cell. "auto" (opt-in): the decoding step measures the kernels this machine can run at
-    # first use and keeps the fastest
+    # "auto": the decoding step measures the kernels this machine can run at first use and keeps the fastest
     # (`kernels_lstmlm`); or one of "aten", "onednn", "onnxruntime". The choice and its reason: `decode_kernel_choice`.
-    decode_kernel: str = "aten"  # "auto" is opt-in: see kernels_lstmlm
+    decode_kernel: str = "auto"
 
     def __init__(self, input_size: int, hidden_size: int, weight_dropout: float = 0.0):
         super().__init__()
@@ -250,6 +249,10 @@ class LSTMLMLayer(nn.Module):
         bound = self.hidden_size**-0.5
         for param in self.parameters(recurse=False):
             nn.init.uniform_(param, -bound, bound)
+
+    def train(self, mode: bool = True):
+        forget_packed(self)  # a switch of mode starts or ends a phase in which the weights may change
+        return super().train(mode)
 
     def _weights(self) -> list[torch.Tensor]:
         """`[w_ih, w_hh, b_ih, b_hh]` as the kernels take them, with DropConnect on `w_hh` in training."""

@@ -305,3 +305,48 @@ def test_decoding_follows_an_optimizer_step_with_packed_kernels():
     assert (after.scores[1] - before.scores[1]).abs().max() > 1e-3
     for g, w in zip(after.scores, want.scores, strict=True):
         torch.testing.assert_close(g, w, rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("kernel", [k for k in FORCED if k != "aten"])
+def test_packed_copies_follow_a_fused_optimizer_step_without_a_mode_switch(kernel):
+    """`AdamW(fused=True)` (the Trainer's default) writes the weights without bumping `_version`: the optimizer-step
+    count in the staleness key catches it, even with the module left in eval mode throughout."""
+    layer = K.DecodingLinear(32, 8192).eval()
+    layer.decode_kernel = kernel
+    x = torch.randn(4, 32, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        before = layer(x)
+    optimizer = torch.optim.AdamW(layer.parameters(), lr=0.1, fused=True)
+    version = layer.weight._version
+    F.linear(x, layer.weight, layer.bias).square().sum().backward()
+    optimizer.step()
+    assert layer.weight._version == version  # the blind spot this guards against
+    with torch.no_grad():
+        after = layer(x)
+        want = F.linear(x, layer.weight, layer.bias)
+    assert layer.decode_kernel_choice[0] == kernel
+    assert (after - before).abs().max() > 1e-2
+    torch.testing.assert_close(after, want, rtol=0, atol=matmul_atol(x, layer.weight))
+
+
+def test_a_write_through_data_is_seen_after_forget_packed():
+    layer = K.DecodingLinear(32, 8192).eval()
+    layer.decode_kernel = FORCED[-1]
+    x = torch.randn(2, 32, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        layer(x)
+        layer.weight.data.mul_(-2.0)  # `.data` bypasses `_version`: documented, and `forget_packed` is the remedy
+        K.forget_packed(layer)
+        torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias), rtol=0, atol=1e-4)
+
+
+def test_choosing_a_kernel_leaves_the_global_rng_alone():
+    layer = K.DecodingLinear(32, 8192).eval()
+    layer.decode_kernel = "auto"
+    torch.manual_seed(11)
+    expected = torch.rand(3)
+    torch.manual_seed(11)
+    with torch.no_grad():
+        layer(torch.randn(1, 32, generator=torch.Generator().manual_seed(0)))  # measures the kernels here
+    assert "fastest" in layer.decode_kernel_choice[1] or layer.decode_kernel_choice[0] == "aten"
+    torch.testing.assert_close(torch.rand(3), expected, rtol=0, atol=0)
