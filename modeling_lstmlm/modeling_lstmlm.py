@@ -682,8 +682,9 @@ class LSTMLMForCausalLM(LSTMLMPreTrainedModel, GenerationMixin):
                 )
             bad = ((labels < 0) | (labels >= self.config.vocab_size)) & (labels != -100)
             message = f"`labels` must be -100 or token ids in [0, vocab_size={self.config.vocab_size})"
-            if not _checks_on_host(labels):
-                torch._assert_async(~bad.any(), message)  # no host synchronisation on an accelerator
+            if not _checks_on_host(labels) or torch.compiler.is_compiling():
+                # No host synchronisation on an accelerator, no graph break under torch.compile.
+                torch._assert_async(~bad.any(), message)
             elif bool(bad.any()):
                 raise ValueError(message)
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)

@@ -174,3 +174,19 @@ def test_decoding_and_training_steps_make_no_host_synchronisation(monkeypatch):
     window = LSTMLMCache(config=model.config)
     model(ids, labels=ids, cache=window, use_cache=True).loss.backward()  # a stateful-BPTT window
     assert syncs.calls == []
+
+
+def test_torch_compile_sees_no_graph_break_in_the_decoding_step_or_the_training_forward():
+    """`torch._dynamo.explain`: one graph, no break, for a decoding step (what generate sends) and a training forward
+    with labels and every regulariser (the label range check becomes a device-side assert under compile)."""
+    torch._dynamo.reset()
+    model = make_lively_model(weight_dropout=0.3, activation_regularization=1.0, temporal_activation_regularization=1.0)
+    ids = random_ids(2, 6)
+    with torch.no_grad():
+        cache = model(ids, use_cache=True).cache
+        step = torch._dynamo.explain(model.forward)(ids[:, :1], cache=cache, use_cache=True, logits_to_keep=1)
+    model.train()
+    train = torch._dynamo.explain(model.forward)(ids, labels=ids)
+    assert (step.graph_count, step.graph_break_count) == (1, 0), step.break_reasons
+    assert (train.graph_count, train.graph_break_count) == (1, 0), train.break_reasons
+    torch._dynamo.reset()
