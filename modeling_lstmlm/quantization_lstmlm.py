@@ -8,14 +8,15 @@ file, transformers and torch. The user-facing entry points are `modeling_lstmlm.
 
 The weights are int8 with one float scale per output row; torch's dynamic-quantization kernels
 (`quantized::linear_dynamic`, `quantized_lstm_cell_dynamic`: fbgemm / oneDNN on x86, qnnpack on ARM) quantize the
-activations on the fly. The int8 layer's `step` (one token) runs the quantized LSTM cell; its sequence forward runs
-the fused LSTM kernel of `LSTMLMLayer` on the dequantized weights.
+activations on the fly. The int8 layer's recurrence calls its two `Int8Linear`s (never reads their buffers), one time
+step at a time, for prompts and decoding alike.
 """
 
 import warnings
 
 import torch
 from torch import nn
+from torch.nn.utils.rnn import PackedSequence
 from transformers.utils import logging
 
 from .modeling_lstmlm import LSTMLMLayer
@@ -35,7 +36,6 @@ def _quantized_op(name: str):
 
 
 _LINEAR_DYNAMIC = _quantized_op("linear_dynamic")
-_QUANTIZED_LSTM_CELL = _quantized_op("quantized_lstm_cell_dynamic")
 
 
 def _quantize_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -153,10 +153,13 @@ def check_quantization_config(config) -> dict:
 class Int8LSTMLMLayer(LSTMLMLayer):
     """`LSTMLMLayer` with int8 weights: the same calls (`layer(x, state, mask)`, `layer.step(x, (h, c))`).
 
-    The weights live in two `Int8Linear`s, `ih` and `hh` (input-to-hidden and hidden-to-hidden, biases included).
-    `step` runs ATen's dynamic-quantization LSTM cell (both int8 matmuls and the gate math in one call); sequences run
-    `LSTMLMLayer`'s fused kernel on the dequantized weights, so they give what the steps give up to the activations'
-    quantization. Inference only.
+    The weights live in two `Int8Linear`s, `ih` and `hh` (input-to-hidden and hidden-to-hidden, biases included), and
+    are only ever used by calling them, so accelerate's offload hooks (on the layer or on each `Int8Linear`) and
+    forward hooks see every use. The recurrence is written once, in `_cell`: the gates are `ih(x) + hh(h)` (two int8
+    matmuls, activations quantized on the fly, one scale per call), then the LSTM gate math in float32. `step` is one
+    such time step; a sequence runs them position by position, so a prompt gives exactly what feeding it token by
+    token gives. Padding (`mask`) leaves a row's state untouched and outputs zeros, as in
+    `LSTMLMLayer`. Inference only.
 
     Example:
 
@@ -183,30 +186,42 @@ class Int8LSTMLMLayer(LSTMLMLayer):
         int8.hh._set_weights(layer.weight_hh_l0, layer.bias_hh_l0)
         return int8
 
-    def _weights(self) -> list[torch.Tensor]:
-        dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else torch.float32
-        ih, hh = self.ih, self.hh
-        return [ih.dequantized_weight(dtype), hh.dequantized_weight(dtype), ih.bias.to(dtype), hh.bias.to(dtype)]
+    def _cell(self, gates_x: torch.Tensor, h: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One step from the input's gate pre-activations `ih(x)` `(batch, 4 * hidden)` and float32 `(h, c)`."""
+        i, f, g, o = (gates_x + self.hh(h)).chunk(4, dim=1)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        return torch.sigmoid(o) * torch.tanh(c), c
 
     def step(self, x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """One time step: `x` `(batch, input_size)`, `state` `(h, c)` -> the new `(h, c)`, each `(batch, hidden)`."""
-        packed_ih, packed_hh = self.ih._packed_weight(), self.hh._packed_weight()
-        if packed_ih is None or packed_hh is None:  # no int8 kernel here: the same step on the dequantized weights
-            dtype = x.dtype
-            w_ih, w_hh = self.ih.dequantized_weight(dtype), self.hh.dequantized_weight(dtype)
-            return torch.lstm_cell(x, state, w_ih, w_hh, self.ih.bias.to(dtype), self.hh.bias.to(dtype))
-        x, h, c = x.float(), state[0].float(), state[1].float()
-        if self.ih.reduce_range and self.hh.reduce_range and _QUANTIZED_LSTM_CELL is not None:
-            # ATen's dynamic-quantization LSTM cell: both int8 matmuls (the biases are inside the packed weights; its
-            # bias arguments are not added again) and the gate math in one call. It quantizes activations to 7 bits.
-            h, c = _QUANTIZED_LSTM_CELL(x, [h, c], packed_ih, packed_hh, self.ih.bias, self.hh.bias)
-        else:  # the same step in two kernel calls (8-bit activations when reduce_range is off)
-            gates = _LINEAR_DYNAMIC(x, packed_ih, self.ih.reduce_range)
-            gates += _LINEAR_DYNAMIC(h, packed_hh, self.hh.reduce_range)
-            i, f, g, o = gates.chunk(4, dim=1)
-            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-            h = torch.sigmoid(o) * torch.tanh(c)
-        return h, c
+        return self._cell(self.ih(x.float()), state[0].float(), state[1].float())
+
+    def forward(self, x, state=None, mask: torch.Tensor | None = None):
+        if isinstance(x, PackedSequence):
+            raise ValueError("Int8LSTMLMLayer takes a padded (batch, seq, input) tensor and a mask, not a PackedSequence")
+        batch_size, seq_len = x.shape[:2]
+        if state is None:
+            zeros = x.new_zeros(batch_size, self.hidden_size, dtype=torch.float32)
+            state = (zeros, zeros)
+        dtype = state[0].dtype
+        if seq_len == 1 and mask is None:
+            h, c = self.step(x[:, 0], state)
+            return h[:, None].to(x.dtype), (h.to(dtype), c.to(dtype))
+        h, c = state[0].float(), state[1].float()
+        x = x.float()
+        outputs = []
+        for t in range(seq_len):
+            # Position by position, the input side too: the activations' int8 scale is taken per call, so this is
+            # exactly what decoding the same tokens one at a time computes.
+            h_new, c_new = self._cell(self.ih(x[:, t]), h, c)
+            if mask is None:
+                h, c = h_new, c_new
+                outputs.append(h)
+            else:  # a padded position keeps the row's state and outputs zeros
+                keep = mask[:, t, None]
+                h, c = torch.where(keep, h_new, h), torch.where(keep, c_new, c)
+                outputs.append(torch.where(keep, h_new, 0.0))
+        return torch.stack(outputs, dim=1).to(x.dtype), (h.to(dtype), c.to(dtype))
 
     def extra_repr(self) -> str:
         return f"{self.input_size}, {self.hidden_size}, int8"

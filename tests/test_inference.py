@@ -307,15 +307,22 @@ def test_quantize_model_replaces_the_layers_and_stays_close_to_float():
     assert quantized.config.quantization == {"method": "int8", "reduce_range": True}
     assert quantized.config.tie_word_embeddings is False
     with torch.no_grad():
-        full = quantized(ids).logits  # multi-token path: fused kernel on the dequantized weights
-    steps, _ = _steps(quantized, ids, 4, direct=True)  # decoding path: int8 kernels
+        out = quantized(ids, use_cache=True)  # a whole sequence: the int8 cell position by position
+    full = out.logits
+    steps, step_cache = _steps(quantized, ids, 4, direct=True)  # a prompt of 4, then one-token decoding steps
     torch.testing.assert_close(full, expected, rtol=0, atol=_logit_tolerance(expected))
+    # The LSTM state: the same int8 calls either way, so equal up to float32 rounding.
+    for layer_idx in range(quantized.config.num_hidden_layers):
+        for got, want in zip(step_cache.get_state(layer_idx), out.cache.get_state(layer_idx), strict=True):
+            torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+    # The int8 head quantizes its input with one scale per call (all positions at once vs one per step).
     torch.testing.assert_close(steps, full[:, 3:], rtol=0, atol=_logit_tolerance(expected))
 
 
 def test_int8_decoding_runs_the_int8_step_not_the_fused_kernel(monkeypatch):
     model = quantize_model(_model())
-    linear_calls, linear_handles = _count_calls([m for m in model.modules() if isinstance(m, Int8Linear)])
+    linear_calls, linear_handles = _count_calls([model.lm_head])
+    hh_calls, hh_handles = _count_calls([layer.hh for layer in model.model.layers])
     lstm_calls, lstm_handles = _count_calls(model.model.layers)
     steps = _count_steps(monkeypatch, Int8LSTMLMLayer)
     model.generate(_ids(1, 5), max_new_tokens=6, do_sample=False, eos_token_id=None)
@@ -323,7 +330,8 @@ def test_int8_decoding_runs_the_int8_step_not_the_fused_kernel(monkeypatch):
     assert lstm_calls[0] == 6 * layers  # the prompt and the 5 steps, each a module call
     assert steps[0] == 5 * layers  # the 5 steps go through `Int8LSTMLMLayer.step`
     assert linear_calls[0] == 1 + 5  # the head: once for the prompt, once per step
-    for handle in linear_handles + lstm_handles:
+    assert hh_calls[0] == (5 + 5) * layers  # the recurrent int8 product: once per prompt token and once per step
+    for handle in linear_handles + lstm_handles + hh_handles:
         handle.remove()
 
 

@@ -39,6 +39,29 @@ def test_disk_offloaded_layer_generates_the_plain_models_ids(tmp_path, tied):
         torch.testing.assert_close(offloaded(prompt).logits, model(prompt).logits, rtol=0, atol=1e-6)
 
 
+def test_disk_offloaded_int8_layer_generates_the_plain_int8_models_ids(tmp_path):
+    """An int8 folder with one int8 LSTM layer and the int8 output layer on disk: the int8 step reads its `Int8Linear`
+    children's buffers inside the layer's own (hooked) call, so accelerate has loaded them by then."""
+    from modeling_lstmlm.quantization_lstmlm import quantize_int8
+
+    model = quantize_int8(make_lively_model(embedding_size=8))
+    model.save_pretrained(tmp_path / "int8")
+    prompt = random_ids(2, 4)
+    expected = model.generate(prompt, max_new_tokens=8, do_sample=False)
+    assert len(set(expected[0, 4:].tolist())) > 2
+    device_map = {"model.embed_tokens": "cpu", "model.layers.0": "disk", "model.layers.1": "cpu", "model.proj": "cpu"}
+    offloaded = AutoModelForCausalLM.from_pretrained(
+        tmp_path / "int8",
+        device_map={**device_map, "lm_head": "disk"},
+        offload_folder=tmp_path / "offload",
+        offload_buffers=True,  # int8 weights are buffers, which accelerate keeps in memory unless asked
+    ).eval()
+    assert offloaded.model.layers[0].hh.weight_int8.device.type == "meta"  # on disk until its module is called
+    assert offloaded.generate(prompt, max_new_tokens=8, do_sample=False).tolist() == expected.tolist()
+    with torch.no_grad():
+        torch.testing.assert_close(offloaded(prompt).logits, model(prompt).logits, rtol=0, atol=1e-5)
+
+
 def test_device_map_auto_with_max_memory_splits_at_layers_and_generates_the_same(tmp_path):
     model = make_lively_model(embedding_size=8)
     model.save_pretrained(tmp_path / "model")
