@@ -5,86 +5,28 @@ one-step cell for single tokens) -> optional projection -> linear head over the 
 is the generation cache: after the prompt, each decoding step feeds only the newest token. Every weight is used by
 calling its module, so forward hooks, accelerate's device and offload hooks and PEFT adapters see every use.
 
-This file travels with every saved model folder as remote code: it imports only the configuration file and the int8
-file (relatively), transformers and torch.
+This file travels with every saved model folder as remote code: it imports only the files beside it (configuration,
+generation, kernels, int8; relatively), transformers and torch.
 """
 
-import warnings
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from safetensors import SafetensorError
 from torch import nn
-from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 from transformers import initialization as init
-from transformers.cache_utils import Cache, DynamicCache
-from transformers.generation import GenerationMixin
+from transformers.cache_utils import Cache
 from transformers.modeling_outputs import SequenceClassifierOutputWithPast
 from transformers.modeling_utils import PreTrainedModel, slice_logits_to_keep
 from transformers.utils import ModelOutput, logging
 
 from .configuration_lstmlm import LSTMLMConfig
-from .kernels_lstmlm import DecodingLinear, forget_packed, lstm_step
+from .generation_lstmlm import LSTMLMCache, LSTMLMGenerationMixin, _cache_argument, _check_cache
+from .kernels_lstmlm import DecodingLinear
+from .layer_lstmlm import LSTMLMLayer
 
 logger = logging.get_logger(__name__)
-
-
-class LSTMLMCache(DynamicCache):
-    """The recurrent state of an LSTM language model, as a transformers `Cache`.
-
-    One recurrent-state slot per LSTM layer holds `(h, c)` stacked as a `(batch, 2, hidden_size)` tensor (batch on
-    dim 0, so beam search reorders it with `reorder_cache`). `seen_tokens` counts the positions the state has
-    consumed (padding included), so that a cache returned by `generate` can be passed back with the full sequence
-    and only the unseen tokens are fed. `reset()` empties it (states, `seen_tokens`) for reuse.
-
-    Example:
-
-    ```python
-    >>> cache = LSTMLMCache(config=model.config)
-    >>> out = model(input_ids, cache=cache, use_cache=True)
-    >>> out.cache.seen_tokens == input_ids.shape[1]
-    True
-    ```
-    """
-
-    def __init__(self, config: LSTMLMConfig, **kwargs):
-        super().__init__(config=config, **kwargs)
-        self.seen_tokens = 0
-        self.from_beam_search = False  # set by beam search: the rows are beams, not the returned sequences
-
-    def get_state(self, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """The `(h, c)` of layer `layer_idx`, each `(batch, hidden_size)` (views of the slot), or None before the
-        first token."""
-        slot = self.layers[layer_idx]
-        if not slot.has_previous_state[0]:
-            return None
-        state = slot.recurrent_states[0]
-        return state[:, 0], state[:, 1]
-
-    def set_state(self, layer_idx: int, h: torch.Tensor, c: torch.Tensor) -> None:
-        """Store layer `layer_idx`'s new `(h, c)`: in place without autograd (the slot keeps its address, as a static
-        cache does), as a new tensor when gradients flow (the old one may be saved for the backward pass)."""
-        state = torch.stack((h, c), dim=1)  # (batch, 2, hidden)
-        slot = self.layers[layer_idx]
-        old = slot.recurrent_states[0]
-        if old is not None and not torch.is_grad_enabled() and old.shape == state.shape and old.dtype == state.dtype:
-            old.copy_(state)
-        else:
-            slot.recurrent_states[0] = state
-            slot.device, slot.dtype = state.device, state.dtype
-        slot.is_recurrent_states_initialized[0] = slot.has_previous_state[0] = True
-
-    def get_seq_length(self, layer_idx: int = 0) -> int:
-        return self.seen_tokens
-
-    def reset(self) -> None:
-        """Forget everything: the states, `seen_tokens` and the beam-search mark (the next use starts from zero)."""
-        for slot in self.layers:
-            slot.recurrent_states[0] = None
-            slot.is_recurrent_states_initialized[0] = slot.has_previous_state[0] = False
-        self.seen_tokens = 0
-        self.from_beam_search = False
 
 
 @dataclass
@@ -147,188 +89,6 @@ def _checks_on_host(tensor: torch.Tensor) -> bool:
     """Whether input checks may read values on the host: on CPU that is free; on an accelerator it would stall the
     device (a host synchronisation), so checks there are device-side asserts (`torch._assert_async`) instead."""
     return tensor.device.type == "cpu"
-
-
-_CACHE_ALIASES = ("past_key_values", "cache_params")
-
-
-def _cache_argument(cache, kwargs: dict, func_name: str):
-    """`cache`, or the state passed under a deprecated name (`past_key_values`, `cache_params`), popped from `kwargs`.
-
-    What transformers' `deprecate_kwarg(..., new_name="cache")` does, inline: the wrapper costs a few microseconds on
-    every call, and the forward and `prepare_inputs_for_generation` run once per generated token.
-    """
-    for old_name in _CACHE_ALIASES:
-        if old_name in kwargs:
-            value = kwargs.pop(old_name)
-            if cache is None:
-                warnings.warn(
-                    f"`{old_name}` is deprecated for `{func_name}`: use `cache` instead", FutureWarning, stacklevel=3
-                )
-                cache = value
-            else:
-                message = f"Both `{old_name}` and `cache` are set for `{func_name}`; using `cache`"
-                warnings.warn(message, FutureWarning, stacklevel=3)
-    return cache
-
-
-def _check_cache(cache, batch_size: int | None) -> None:
-    if not isinstance(cache, LSTMLMCache):
-        raise ValueError(f"`cache` must be an LSTMLMCache (as returned by this model), got {type(cache).__name__}")
-    if cache.from_beam_search:
-        raise ValueError(
-            "This cache was returned by beam search: its rows are the beams as the search left them, not the returned "
-            "sequences (a finished hypothesis left the beams earlier), so it cannot continue them. Generate from "
-            "`out.sequences` without a cache (or call `cache.reset()` to reuse the object)"
-        )
-    state = cache.get_state(0)
-    if state is not None and batch_size is not None and state[0].shape[0] != batch_size:
-        raise ValueError(
-            f"The cache holds the state of {state[0].shape[0]} sequences but the input has {batch_size} rows "
-            "(a cache from `num_return_sequences` holds one state per returned sequence)"
-        )
-
-
-class LSTMLMLayer(nn.Module):
-    """One LSTM layer that owns its recurrence, for whole sequences and for single tokens.
-
-    Parameters: those of a one-layer `nn.LSTM`, under the same names (`weight_ih_l0` `(4 * hidden, input_size)`,
-    `weight_hh_l0` `(4 * hidden, hidden)`, `bias_ih_l0`, `bias_hh_l0` `(4 * hidden,)`, gates in the order input,
-    forget, cell, output), so folders saved when the stack was a list of `nn.LSTM`s load unchanged.
-
-    Always *call* the module (`layer(...)`), never read its weights from outside: forward hooks, accelerate's
-    device and offload hooks, PEFT adapters (`target_parameters`) and parametrizations act on module calls.
-
-    `layer(x, state=None, mask=None) -> (out, (h, c))`
-        `x`: `(batch, seq, input_size)` (or a `PackedSequence`, then `out` is one too). `state`: the `(h, c)` to
-        start from, each `(batch, hidden_size)`; zeros when None. `mask`: `(batch, seq)` bool, True at real tokens;
-        None means no padding. Returns `out` `(batch, seq, hidden_size)`, zero at padded positions, and the `(h, c)`
-        after each row's last real token (a row without one keeps its state). The returned state has the dtype of
-        the state passed in; a zero state is float32 under autocast, so a carried state is never rounded to bf16.
-        A one-token `x` runs `step` (the decoding step; padding there is a `torch.where`, no host synchronisation).
-        Longer inputs run the fused LSTM kernel; with padding, each row's real tokens are packed (the lengths go to
-        the host: one synchronisation, only when there is padding).
-    `layer.step(x, (h, c)) -> (h, c)`
-        One time step, `x` `(batch, input_size)`, from the layer's own weights as they are now (read on every call,
-        so they never go stale). This is the one place for a faster decoding kernel: replace its body. A kernel that
-        keeps packed copies of the weights must check on every call that they are current (`data_ptr()` and
-        `_version` of each weight, device and dtype), and must fall back to this body in training (weight dropout)
-        or when the weights are wrapped (PEFT, parametrizations: `self.weight_hh_l0` is then computed per access).
-
-    Weight dropout (DropConnect on `weight_hh_l0`, a new mask each training call) is applied in `_weights`, inside
-    the module, on whatever the weight is at that moment (an adapter's merged view included).
-    `single_step = False` sends one-token inputs through the fused kernel too (benchmarks compare the two).
-
-    Example:
-
-    ```python
-    >>> layer = LSTMLMLayer(8, 16)
-    >>> out, (h, c) = layer(torch.randn(2, 5, 8))
-    >>> h2, c2 = layer.step(torch.randn(2, 8), (h, c))
-    ```
-    """
-
-    single_step: bool = True
-    # "auto": the decoding step measures the kernels this machine can run at first use and keeps the fastest
-    # (`kernels_lstmlm`); or one of "aten", "onednn", "onnxruntime". The choice and its reason: `decode_kernel_choice`.
-    decode_kernel: str = "auto"
-
-    def __init__(self, input_size: int, hidden_size: int, weight_dropout: float = 0.0):
-        super().__init__()
-        self.input_size = input_size
-        self.hidden_size = hidden_size
-        self.weight_dropout = weight_dropout
-        self.weight_ih_l0 = nn.Parameter(torch.empty(4 * hidden_size, input_size))
-        self.weight_hh_l0 = nn.Parameter(torch.empty(4 * hidden_size, hidden_size))
-        self.bias_ih_l0 = nn.Parameter(torch.empty(4 * hidden_size))
-        self.bias_hh_l0 = nn.Parameter(torch.empty(4 * hidden_size))
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        """Uniform in `[-1/sqrt(hidden), 1/sqrt(hidden)]`, as `nn.LSTM` does (same draws, same order)."""
-        bound = self.hidden_size**-0.5
-        for param in self.parameters(recurse=False):
-            nn.init.uniform_(param, -bound, bound)
-
-    def train(self, mode: bool = True):
-        forget_packed(self)  # a switch of mode starts or ends a phase in which the weights may change
-        return super().train(mode)
-
-    def _weights(self) -> list[torch.Tensor]:
-        """`[w_ih, w_hh, b_ih, b_hh]` as the kernels take them, with DropConnect on `w_hh` in training."""
-        w_hh = self.weight_hh_l0
-        if self.training and self.weight_dropout > 0:
-            w_hh = F.dropout(w_hh, self.weight_dropout, training=True)
-        return [self.weight_ih_l0, w_hh, self.bias_ih_l0, self.bias_hh_l0]
-
-    def step(self, x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """One time step: `x` `(batch, input_size)`, `state` `(h, c)` -> the new `(h, c)`, each `(batch, hidden)`.
-
-        In inference on float32 CPU tensors, the kernel `kernels_lstmlm` picked for this machine (oneDNN or
-        onnxruntime on packed copies of the weights, checked against the weights on every call; see
-        `decode_kernel`); otherwise, and wherever a packed copy is not safe (training, autograd, hooks,
-        parametrizations, tracing, other dtypes or devices), ATen's one-step cell on the weights as they are now."""
-        weights = self._weights()
-        if not self.training:
-            new_state = lstm_step(self, x, state, weights)
-            if new_state is not None:
-                return new_state
-        return torch.lstm_cell(x, state, *weights)
-
-    def forward(self, x, state=None, mask: torch.Tensor | None = None):
-        packed = isinstance(x, PackedSequence)
-        if state is None:
-            batch_size = int(x.batch_sizes[0]) if packed else x.shape[0]
-            data = x.data if packed else x
-            dtype = torch.float32 if torch.is_autocast_enabled(data.device.type) else data.dtype
-            zeros = data.new_zeros(batch_size, self.hidden_size, dtype=dtype)
-            state = (zeros, zeros)
-        dtype = state[0].dtype
-        if not packed and x.shape[1] == 1 and self.single_step:
-            h, c = self.step(x[:, 0], state)  # (batch, hidden) each
-            if mask is not None:  # a padded row keeps its state and outputs zeros
-                keep = mask[:, :1]
-                out = torch.where(keep, h, 0.0)
-                h, c = torch.where(keep, h, state[0]), torch.where(keep, c, state[1])
-                return out[:, None], (h.to(dtype), c.to(dtype))
-            return h[:, None], (h.to(dtype), c.to(dtype))
-        if packed:
-            return self._packed(x, state)
-        if torch.is_autocast_enabled(x.device.type):  # the fused kernel takes input and state in the autocast dtype
-            kernel_dtype = torch.get_autocast_dtype(x.device.type)
-            x, state = x.to(kernel_dtype), (state[0].to(kernel_dtype), state[1].to(kernel_dtype))
-        if mask is None:
-            hx = (state[0][None].contiguous(), state[1][None].contiguous())  # (1, batch, hidden)
-            out, h, c = torch.lstm(x, hx, self._weights(), True, 1, 0.0, self.training, False, True)
-            return out, (h[0].to(dtype), c[0].to(dtype))
-        # Padding: move each row's real tokens to the front (in order) and run them as a packed sequence.
-        seq_len, dim = x.shape[1], x.shape[2]
-        lengths = mask.sum(dim=1).cpu()  # pack_padded_sequence takes the lengths on the host (the one sync)
-        order = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)  # (batch, seq)
-        gathered = x.gather(1, order[..., None].expand(-1, -1, dim))
-        packed_x = pack_padded_sequence(gathered, lengths.clamp(min=1), batch_first=True, enforce_sorted=False)
-        out_packed, (h, c) = self._packed(packed_x, state, dtype)
-        out, _ = pad_packed_sequence(out_packed, batch_first=True, total_length=seq_len)  # zeros past each length
-        out = out.new_zeros(out.shape).scatter(1, order[..., None].expand(-1, -1, out.shape[-1]), out)
-        if bool((lengths == 0).any()):  # rows with no real token keep their state (host tensor: no sync)
-            empty = (lengths == 0).to(h.device)[:, None]
-            h, c = torch.where(empty, state[0].to(dtype), h), torch.where(empty, state[1].to(dtype), c)
-        return out * mask[..., None], (h, c)
-
-    def _packed(self, x: PackedSequence, state, dtype=None) -> tuple[PackedSequence, tuple[torch.Tensor, torch.Tensor]]:
-        dtype = dtype or state[0].dtype
-        hx = tuple(
-            s[None].index_select(1, x.sorted_indices) if x.sorted_indices is not None else s[None] for s in state
-        )
-        weights = self._weights()
-        out, h, c = torch.lstm(x.data, x.batch_sizes, hx, weights, True, 1, 0.0, self.training, False)
-        if x.unsorted_indices is not None:
-            h, c = h.index_select(1, x.unsorted_indices), c.index_select(1, x.unsorted_indices)
-        out = PackedSequence(out, x.batch_sizes, x.sorted_indices, x.unsorted_indices)
-        return out, (h[0].to(dtype), c[0].to(dtype))
-
-    def extra_repr(self) -> str:
-        return f"{self.input_size}, {self.hidden_size}, weight_dropout={self.weight_dropout}"
 
 
 def _quantization(config) -> dict | None:
@@ -595,7 +355,7 @@ class LSTMLMModel(LSTMLMPreTrainedModel):
         return None if bool(mask.all()) else mask
 
 
-class LSTMLMForCausalLM(LSTMLMPreTrainedModel, GenerationMixin):
+class LSTMLMForCausalLM(LSTMLMPreTrainedModel, LSTMLMGenerationMixin):
     """The LSTM language model with its output layer (tied to the embedding by default).
 
     Example:
@@ -702,100 +462,6 @@ class LSTMLMForCausalLM(LSTMLMPreTrainedModel, GenerationMixin):
             output = tuple(v for v in (logits, outputs.cache, outputs.hidden_states) if v is not None)
             return ((loss,) + output) if loss is not None else output
         return LSTMLMCausalLMOutput(loss=loss, logits=logits, cache=outputs.cache, hidden_states=outputs.hidden_states)
-
-    def _prepare_generation_config(self, generation_config, **kwargs):
-        """Refuses what cannot work on a recurrent state, and keeps the state on unless this call turns it off."""
-        call_use_cache = kwargs.get("use_cache", getattr(generation_config, "use_cache", None))
-        generation_config, model_kwargs = super()._prepare_generation_config(generation_config, **kwargs)
-        if generation_config.use_cache is False and call_use_cache is None:
-            # `config.use_cache=False` is a training setting (the Trainer writes it and `save_pretrained` keeps it);
-            # the state costs O(1) per token, so generation keeps it unless the call itself passes `use_cache=False`.
-            logger.info("Generating with the recurrent state although the model's config says `use_cache=False`")
-            generation_config.use_cache = True
-        if generation_config.cache_implementation not in (None, "dynamic", "static"):
-            raise ValueError(
-                "LSTMLM keeps a fixed-size recurrent state as its cache (None, 'dynamic' and 'static' all give an "
-                f"LSTMLMCache); `cache_implementation={generation_config.cache_implementation!r}` is not supported"
-            )
-        if generation_config.prefill_chunk_size is not None:
-            raise ValueError(
-                "`prefill_chunk_size` is not supported: LSTMLM reads the prompt in one pass, and its state does not "
-                "grow with the prompt"
-            )
-        if generation_config.output_attentions:
-            raise ValueError("LSTMLM has no attention, so `output_attentions=True` is not supported")
-        return generation_config, model_kwargs
-
-    def _prepare_cache_for_generation(
-        self, generation_config, model_kwargs: dict, generation_mode, batch_size: int, max_cache_length: int
-    ) -> None:
-        """Generation keeps its state in an `LSTMLMCache` (constant size, whatever the length)."""
-        user_cache = model_kwargs.get("cache")
-        if user_cache is not None:
-            if not isinstance(user_cache, LSTMLMCache):
-                raise ValueError(
-                    f"`cache` must be an LSTMLMCache (for example the `cache` returned by this model or by "
-                    f"`generate(..., return_dict_in_generate=True)`), got {type(user_cache).__name__}"
-                )
-            _check_cache(user_cache, None)
-            user_cache._is_user_defined = True
-            return
-        if generation_config.use_cache is False:
-            return
-        # A fixed-size state: "static" and "dynamic" are the same object (its slots are updated in place).
-        model_kwargs["cache"] = LSTMLMCache(config=self.config)
-
-    def _beam_search(self, *args, **kwargs):
-        """Beam search, after which the cache is marked: its rows are the beams, not the returned sequences, so
-        passing it back raises a clear error instead of silently continuing other text."""
-        try:
-            return super()._beam_search(*args, **kwargs)
-        finally:
-            if isinstance(kwargs.get("cache"), LSTMLMCache):
-                kwargs["cache"].from_beam_search = True
-
-    def prepare_inputs_for_generation(
-        self,
-        input_ids: torch.LongTensor,
-        next_sequence_length: int | None = None,
-        cache: Cache | None = None,
-        attention_mask: torch.LongTensor | None = None,
-        inputs_embeds: torch.FloatTensor | None = None,
-        is_first_iteration: bool | None = False,
-        **kwargs,
-    ):
-        cache = _cache_argument(cache, kwargs, "prepare_inputs_for_generation")
-        if is_first_iteration and isinstance(cache, LSTMLMCache) and cache.seen_tokens > 0:
-            # Resuming from a returned state: feed only the tokens it has not consumed yet.
-            if inputs_embeds is not None:
-                raise ValueError("Resuming from a cache takes `input_ids` (the full sequence), not `inputs_embeds`")
-            if input_ids.shape[1] <= cache.seen_tokens:
-                raise ValueError(
-                    f"The cache has consumed {cache.seen_tokens} tokens, so `input_ids` (the full sequence so far) "
-                    f"must be longer than that, got length {input_ids.shape[1]}"
-                )
-            next_sequence_length = input_ids.shape[1] - cache.seen_tokens
-        elif not is_first_iteration and next_sequence_length == 1 and isinstance(cache, LSTMLMCache):
-            # A decoding step: the newest token (never padding) and the state; the other kwargs (use_cache,
-            # logits_to_keep, output_*) go through as the generic method would. Built here because the generic method
-            # inspects `forward`'s signature and walks the parameters for the device on every step (~0.1 ms a token).
-            model_inputs = {k: v for k, v in kwargs.items() if k != "labels"}
-            model_inputs["input_ids"] = input_ids[:, -1:]
-            model_inputs["cache"] = cache
-            return model_inputs
-        model_inputs = super().prepare_inputs_for_generation(
-            input_ids,
-            next_sequence_length=next_sequence_length,
-            cache=cache,
-            attention_mask=attention_mask,
-            inputs_embeds=inputs_embeds,
-            is_first_iteration=is_first_iteration,
-            **kwargs,
-        )
-        if cache is not None and not is_first_iteration and model_inputs["input_ids"].shape[1] == 1:
-            # Decoding steps feed only generated tokens, which are never padding.
-            model_inputs.pop("attention_mask", None)
-        return model_inputs
 
 
 class LSTMLMForSequenceClassification(LSTMLMPreTrainedModel):

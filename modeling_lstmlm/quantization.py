@@ -1,11 +1,11 @@
 """Int8 weights for CPU inference, in one call: `quantize_model(model)`, or `from_pretrained(folder, quantize="int8")`.
 
 The LSTM layers and the output layer get int8 weights (symmetric, one float scale per output row) and run on torch's
-dynamic-quantization kernels (`torch.ops.quantized.linear_dynamic` and `quantized_lstm_cell_dynamic`: fbgemm / oneDNN
-on x86, qnnpack on ARM), which quantize the activations on the fly; the embedding (one row read per token) and the
-optional projection stay in floating point. Single-token decoding stays a direct step (one quantized LSTM-cell call
-per layer: two int8 matmuls and the gate math); prompts and other multi-token forwards run the fused LSTM kernel on
-the dequantized weights. The weight bytes read per token drop about 4x; the folder shrinks less, since the float
+dynamic-quantization kernel (`torch.ops.quantized.linear_dynamic`: fbgemm / oneDNN on x86, qnnpack on ARM), which
+quantizes the activations on the fly; the embedding (one row read per token) and the optional projection stay in
+floating point. Each LSTM step is two int8 matmuls (calls of the layer's `ih` and `hh` modules) and the gate math;
+prompts run the same steps position by position, so they give exactly what decoding token by token gives. The weight
+bytes read per token drop about 4x; the folder shrinks less, since the float
 embedding stays (and a tied output layer gets its own int8 copy). For the fastest int8 on a CPU, see
 `onnx_export.quantize_onnx` (onnxruntime).
 
@@ -53,9 +53,9 @@ def quantize_model(model: nn.Module, method: str = INT8, reduce_range: bool = Tr
 def perplexity_report(model, tokenizer, text: str, windows=(256, 1), show_progress: bool = False) -> dict:
     """Token- and word-level perplexity of `text` for each scoring window (`evaluation.evaluate_text`).
 
-    Window 1 feeds one token at a time, so it measures the decoding path (`generate`'s steps: the int8 kernels of a
-    quantized model); larger windows go through the multi-token path (the fused kernel, on dequantized weights for a
-    quantized model). Returns `{"window_<n>": {"token_perplexity", "word_perplexity", "num_tokens", "num_words"}}`.
+    Window 1 feeds one token at a time, so it measures the decoding path (`generate`'s steps); larger windows go
+    through the multi-token path (for a float model the fused kernel; an int8 model runs its steps either way, and
+    only its output layer's activation scales, one per call, differ). Returns `{"window_<n>": {"token_perplexity", "word_perplexity", "num_tokens", "num_words"}}`.
     """
     from .evaluation import evaluate_text
 

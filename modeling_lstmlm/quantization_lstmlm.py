@@ -2,7 +2,7 @@
 and `quantize_int8`, which converts a float model and records `config.quantization`.
 
 This file travels with every saved model folder as remote code, next to `modeling_lstmlm.py` (which imports it
-relatively where an int8 config needs it), because a saved int8 folder needs it to load; it imports only the modeling
+relatively where an int8 config needs it), because a saved int8 folder needs it to load; it imports only the layer
 file, transformers and torch. The user-facing entry points are `modeling_lstmlm.quantization.quantize_model` and
 `from_pretrained(folder, quantize="int8")`.
 
@@ -19,7 +19,7 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 from transformers.utils import logging
 
-from .modeling_lstmlm import LSTMLMLayer
+from .layer_lstmlm import LSTMLMLayer
 
 logger = logging.get_logger(__name__)
 
@@ -198,7 +198,7 @@ class Int8LSTMLMLayer(LSTMLMLayer):
 
     def forward(self, x, state=None, mask: torch.Tensor | None = None):
         if isinstance(x, PackedSequence):
-            raise ValueError("Int8LSTMLMLayer takes a padded (batch, seq, input) tensor and a mask, not a PackedSequence")
+            raise ValueError("Int8LSTMLMLayer takes a padded (batch, seq, input) tensor and a mask, not packed input")
         batch_size, seq_len = x.shape[:2]
         if state is None:
             zeros = x.new_zeros(batch_size, self.hidden_size, dtype=torch.float32)
