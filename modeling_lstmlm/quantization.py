@@ -55,7 +55,8 @@ def perplexity_report(model, tokenizer, text: str, windows=(256, 1), show_progre
 
     Window 1 feeds one token at a time, so it measures the decoding path (`generate`'s steps); larger windows go
     through the multi-token path (for a float model the fused kernel; an int8 model runs its steps either way, and
-    only its output layer's activation scales, one per call, differ). Returns `{"window_<n>": {"token_perplexity", "word_perplexity", "num_tokens", "num_words"}}`.
+    only its output layer's activation scales, one per call, differ).
+    Returns `{"window_<n>": {"token_perplexity", "word_perplexity", "num_tokens", "num_words"}}`.
     """
     from .evaluation import evaluate_text
 
