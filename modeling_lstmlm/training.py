@@ -158,6 +158,14 @@ class LMTrainer(Trainer):
     TIME_SCHEDULES = ("linear", "cosine", "constant", "constant_with_warmup")
 
     def __init__(self, *args, stateful_bptt: bool = False, max_train_minutes: float | None = None, **kwargs):
+        training_args = kwargs.get("args", args[1] if len(args) > 1 else None)
+        train_dataset = kwargs.get("train_dataset", args[3] if len(args) > 3 else None)
+        if isinstance(train_dataset, StreamedBPTT) and training_args is not None and training_args.world_size > 1:
+            # A stream has no sampler: by default accelerate's dispatcher reads it on rank 0 and concatenates
+            # `num_processes` collated batches (which fails on the `bptt_window` int). Instead each process reads the
+            # stream itself and keeps its own rows of every `num_processes` batches (`IterableDatasetShard`): the
+            # same round-robin dealing of whole batches as the token file's sampler gets.
+            training_args.accelerator_config.dispatch_batches = False
         super().__init__(*args, **kwargs)
         self.stateful_bptt = stateful_bptt
         self.carried_state = CarriedState()

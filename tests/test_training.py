@@ -596,7 +596,14 @@ def test_ar_and_tar_count_once_per_step_under_gradient_accumulation():
 
 
 @needs_corpus
-def test_torchrun_two_processes_train_and_save_one_model(tmp_path):
+@pytest.mark.parametrize(
+    "extra",
+    [[], pytest.param(["--streaming", "--no_cache_tokens"], marks=pytest.mark.slow)],
+    ids=["token-file", "streamed-no-cache"],
+)
+def test_torchrun_two_processes_train_and_save_one_model(tmp_path, extra):
+    """DDP on 2 processes (gloo): from the token file, and (slow) straight from the text stream without one (rank 0
+    reads the stream; accelerate deals each batch's rows to the ranks, as it deals the token file's batches)."""
     output = tmp_path / "ddp"
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO_ROOT))
     command = [
@@ -612,6 +619,7 @@ def test_torchrun_two_processes_train_and_save_one_model(tmp_path):
         str(output),
         "--cache_dir",
         str(tmp_path / "cache"),
+        *extra,
     ]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
