@@ -351,6 +351,32 @@ def loop_lstm_cell(model, input_ids: torch.LongTensor, new_tokens: int) -> torch
     return torch.cat([input_ids, out], dim=1)
 
 
+@torch.inference_mode()
+def loop_modules(model, input_ids: torch.LongTensor, new_tokens: int) -> torch.LongTensor:
+    """A hand loop over the model's own modules (embedding, each `LSTMLMLayer` with its state, projection, output
+    layer), so the same decoding kernels as `generate()` run: what is left between the two is `generate()`'s own
+    per-token work (its loop, the forward's bookkeeping, the cache object)."""
+    backbone, head = model.model, model.lm_head
+    x = backbone.embed_tokens(input_ids)
+    states = []
+    for layer in backbone.layers:
+        x, state = layer(x)
+        states.append(state)
+    top = backbone.proj(x[:, -1:]) if backbone.proj is not None else x[:, -1:]
+    token = head(top)[:, 0].argmax(-1)
+    out = input_ids.new_empty(input_ids.shape[0], new_tokens)
+    for step in range(new_tokens):
+        out[:, step] = token
+        if step == new_tokens - 1:
+            break
+        x = backbone.embed_tokens(token[:, None])  # (batch, 1, embedding)
+        for i, layer in enumerate(backbone.layers):
+            x, states[i] = layer(x, states[i])
+        top = backbone.proj(x) if backbone.proj is not None else x
+        token = head(top)[:, 0].argmax(-1)
+    return torch.cat([input_ids, out], dim=1)
+
+
 def run_generate(model, input_ids: torch.LongTensor, new_tokens: int) -> torch.LongTensor:
     return model.generate(
         input_ids,
@@ -362,7 +388,12 @@ def run_generate(model, input_ids: torch.LongTensor, new_tokens: int) -> torch.L
     )
 
 
-METHODS = {"generate": run_generate, "loop_nn_lstm": loop_nn_lstm, "loop_lstm_cell": loop_lstm_cell}
+METHODS = {
+    "generate": run_generate,
+    "loop_nn_lstm": loop_nn_lstm,
+    "loop_lstm_cell": loop_lstm_cell,
+    "loop_modules": loop_modules,
+}
 
 
 # ---------------------------------------------------------------- one measurement (in its own process)

@@ -273,6 +273,27 @@ class LSTMLMModel(LSTMLMPreTrainedModel):
         """
         if kwargs:
             cache = _cache_argument(cache, kwargs, "LSTMLMModel.forward")
+        if (
+            cache is not None
+            and input_ids is not None
+            and input_ids.shape[-1] == 1
+            and attention_mask is None
+            and not output_hidden_states
+            and not self.training
+            and return_dict is not False
+            and use_cache is not False
+        ):
+            # The decoding step (`generate` sends one token and the cache, no mask): the loop below without the
+            # bookkeeping that cannot apply (padding, dropout, hidden states, penalties). The same module calls.
+            _check_cache(cache, input_ids.shape[0])
+            hidden = self._embed(input_ids)
+            for layer_idx, layer in enumerate(self.layers):
+                hidden, (h, c) = layer(hidden, cache.get_state(layer_idx))
+                cache.set_state(layer_idx, h, c)
+            cache.seen_tokens += 1
+            return LSTMLMModelOutput(
+                last_hidden_state=self.proj(hidden) if self.proj is not None else hidden, cache=cache
+            )
         config = self.config
         output_hidden_states = output_hidden_states if output_hidden_states is not None else config.output_hidden_states
         use_cache = use_cache if use_cache is not None else (config.use_cache and not self.training)
