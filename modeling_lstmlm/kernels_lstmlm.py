@@ -35,8 +35,8 @@ This file travels as remote code next to `modeling_lstmlm.py`: it imports only t
 onnxruntime lazily, inside the functions that use them, each optional).
 """
 
+import os
 import platform
-import statistics
 import time
 
 import torch
@@ -207,7 +207,7 @@ def _ort_session(nodes, inputs, outputs, initializers):
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = min(model.ir_version, 9)
     options = ort.SessionOptions()
-    options.intra_op_num_threads = torch.get_num_threads()
+    options.intra_op_num_threads = _threads()
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
     return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
@@ -304,20 +304,32 @@ def available_kernels() -> tuple[str, ...]:
 _CHOICES: dict[tuple, tuple[str, str]] = {}
 
 
-def _time_candidates(candidates: dict, make_args, batch_sizes=(1, 8), rounds: int = 5, calls: int = 3) -> dict:
-    """Median seconds per call of each candidate at each batch size, measured in interleaved rounds."""
+def _threads() -> int:
+    """torch's thread count, capped at the CPUs this process may run on (spinning onnxruntime threads sharing a core
+    are several times slower than one thread)."""
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        usable = os.cpu_count() or 1
+    return max(1, min(torch.get_num_threads(), usable))
+
+
+def _time_candidates(candidates: dict, make_args, batch_sizes=(1, 8), rounds: int = 7, calls: int = 4) -> dict:
+    """Seconds per call of each candidate at each batch size: the fastest of `rounds` interleaved rounds (other work
+    on the machine only ever adds time, so the minimum is the best estimate of a kernel's own cost)."""
     times = {name: {b: [] for b in batch_sizes} for name in candidates}
     for batch in batch_sizes:
         args = make_args(batch)
-        for kernel in candidates.values():  # warm-up (first-call allocations, lazy initialisation)
-            kernel(*args)
+        for kernel in candidates.values():  # warm-up (first-call allocations, lazy initialisation, caches)
+            for _ in range(2):
+                kernel(*args)
         for _ in range(rounds):
             for name, kernel in candidates.items():
                 start = time.perf_counter()
                 for _ in range(calls):
                     kernel(*args)
                 times[name][batch].append((time.perf_counter() - start) / calls)
-    return {name: {b: statistics.median(t) for b, t in per_batch.items()} for name, per_batch in times.items()}
+    return {name: {b: min(t) for b, t in per_batch.items()} for name, per_batch in times.items()}
 
 
 def _choose(kind: str, key: tuple, factories: dict, weights: tuple, make_args) -> tuple[str, str]:
