@@ -186,9 +186,10 @@ def generate_overhead_ms(threads: int, new_tokens: int = 64, repeats: int = 5) -
 
 
 def make_generate_run(model, direct: bool, prompt: torch.Tensor, new_tokens: int, kernel: str = "auto"):
+    model.model.direct_decode = direct  # set once: the model is this variant's own
+    set_decode_kernel(model, kernel)
+
     def run():
-        model.model.direct_decode = direct
-        set_decode_kernel(model, kernel)
         return model.generate(prompt, max_new_tokens=new_tokens, do_sample=False, eos_token_id=None).tolist()
 
     return run
@@ -226,8 +227,10 @@ def main(argv=None) -> dict:
     with torch.no_grad():  # the first decoding step picks each module's kernel (kernels_lstmlm): done before timing
         model.generate(torch.tensor([[6, 7]]), max_new_tokens=2, do_sample=False)
     variants = {}  # name -> (model or generator, kind)
-    variants["nn.LSTM step"] = (model, "fused")
-    variants["direct step, ATen kernels"] = (model, "aten")
+    # Each variant has its own copy of the weights: switching one shared model between kernel settings would rebuild
+    # the packed copies (and onnxruntime sessions) at the start of every timed run.
+    variants["nn.LSTM step"] = (copy.deepcopy(model), "fused")
+    variants["direct step, ATen kernels"] = (copy.deepcopy(model), "aten")
     variants["direct step"] = (model, "direct")
     int8 = not args.no_int8 and args.device.type == "cpu" and args.dtype == "float32"
     if int8:
@@ -241,8 +244,8 @@ def main(argv=None) -> dict:
         if int8:
             onnx_int8_dir = tempfile.TemporaryDirectory()
             quantize_onnx(onnx_dir.name, onnx_int8_dir.name)
-    for variant_model, _ in variants.values():
-        variant_model.to(device=args.device, dtype=dtype if variant_model is model else None)
+    for name, (variant_model, _) in variants.items():
+        variant_model.to(device=args.device, dtype=None if name in INT8_VARIANTS else dtype)
 
     results = []
     for threads in args.threads:
