@@ -281,7 +281,7 @@ class LSTMLMModel(LSTMLMPreTrainedModel):
             and not output_hidden_states
             and not self.training
             and return_dict is not False
-            and use_cache is not False
+            and use_cache
         ):
             # The decoding step (`generate` sends one token and the cache, no mask): the loop below without the
             # bookkeeping that cannot apply (padding, dropout, hidden states, penalties). The same module calls.

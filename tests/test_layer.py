@@ -190,3 +190,21 @@ def test_torch_compile_sees_no_graph_break_in_the_decoding_step_or_the_training_
     assert (step.graph_count, step.graph_break_count) == (1, 0), step.break_reasons
     assert (train.graph_count, train.graph_break_count) == (1, 0), train.break_reasons
     torch._dynamo.reset()
+
+
+def test_the_lean_decoding_branch_equals_the_general_loop():
+    """`generate`'s one-token steps take a lean branch of the backbone's forward; `output_hidden_states=True` sends
+    the same step through the general loop: same logits (float32 rounding: the same kernels on the same shapes, so
+    1e-6) and the same new state."""
+    model = make_lively_model()
+    ids = random_ids(3, 5)
+    with torch.no_grad():
+        lean_cache = model(ids[:, :4], use_cache=True).cache
+        general_cache = model(ids[:, :4], use_cache=True).cache
+        lean = model(ids[:, 4:], cache=lean_cache, use_cache=True)
+        general = model(ids[:, 4:], cache=general_cache, use_cache=True, output_hidden_states=True)
+    torch.testing.assert_close(lean.logits, general.logits, rtol=0, atol=1e-6)
+    assert lean.cache.seen_tokens == general.cache.seen_tokens == 5
+    for layer_idx in range(model.config.num_hidden_layers):
+        for got, want in zip(lean.cache.get_state(layer_idx), general.cache.get_state(layer_idx), strict=True):
+            torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
