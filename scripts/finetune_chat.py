@@ -32,6 +32,7 @@ if importlib.util.find_spec("modeling_lstmlm") is None:  # a checkout without `p
 import torch  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainingArguments, set_seed  # noqa: E402
 
+from lstmlm.commands._common import max_steps_cap  # noqa: E402
 from modeling_lstmlm import LSTMLMConfig, LSTMLMForCausalLM  # noqa: E402
 from modeling_lstmlm.data import parse_line_range  # noqa: E402
 from modeling_lstmlm.sft import (  # noqa: E402
@@ -188,6 +189,7 @@ def main(argv=None):
     training_args = TrainingArguments(
         output_dir=str(output_dir),
         num_train_epochs=args.num_train_epochs,
+        max_steps=max_steps_cap(),  # -1 unless $LSTMLM_MAX_STEPS caps it
         learning_rate=args.learning_rate,
         warmup_steps=args.warmup_ratio,  # a float < 1 is a share of the steps
         weight_decay=args.weight_decay,

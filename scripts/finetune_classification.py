@@ -38,6 +38,7 @@ from transformers import (  # noqa: E402
     set_seed,
 )
 
+from lstmlm.commands._common import max_steps_cap  # noqa: E402
 from modeling_lstmlm import LSTMLMConfig, LSTMLMForSequenceClassification  # noqa: E402
 from modeling_lstmlm.classification import (  # noqa: E402
     encode_labels,
@@ -202,6 +203,7 @@ def main(argv=None):
         training_args = TrainingArguments(
             output_dir=str(output_dir / name),
             num_train_epochs=args.num_train_epochs,
+            max_steps=max_steps_cap(),  # -1 unless $LSTMLM_MAX_STEPS caps it
             learning_rate=args.learning_rate,
             warmup_steps=args.warmup_ratio,  # a float < 1 is a share of the steps
             weight_decay=args.weight_decay,

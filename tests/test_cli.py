@@ -90,3 +90,24 @@ def test_a_missing_local_model_fails_in_one_line_without_the_hub(script, args, t
     assert done.returncode == 1
     flag = args[-1]
     assert done.stderr.strip().splitlines() == [f"error: {flag} runs/does_not_exist: no such folder"]
+
+
+def test_train_help_is_short_and_help_all_lists_every_trainer_flag(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--help"])
+    short = capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--help_all"])
+    full = capsys.readouterr().out
+    for flag in ("--stateful", "--hidden_size", "--train_file", "--learning_rate", "--max_steps", "--help_all"):
+        assert f"  {flag} " in short, flag
+    assert "--help_all lists them all" in short
+    assert "--adam_beta1" not in short and "  --adam_beta1 " in full  # a Trainer flag only the long help lists
+    assert len(short.splitlines()) < len(full.splitlines()) / 2
+
+
+def test_train_parses_the_trainer_flags_the_short_help_leaves_out():
+    from lstmlm.commands.train import parse_args
+
+    *_, training_args, _ = parse_args(["--smoke", "--adam_beta1", "0.7", "--output_dir", "unused"])
+    assert training_args.adam_beta1 == 0.7

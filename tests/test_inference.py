@@ -1,6 +1,7 @@
 """CPU inference: the direct single-token decode step, int8 weights, and the ONNX export with its onnxruntime loop."""
 
 import copy
+import importlib.util
 import json
 import os
 import subprocess
@@ -19,6 +20,11 @@ from modeling_lstmlm.onnx_export import OnnxLSTMLM, compare_with_model, export_o
 from modeling_lstmlm.quantization import quantize_model
 from modeling_lstmlm.quantization_lstmlm import Int8Linear, Int8LSTMLMLayer
 
+# The ONNX tests need the [onnx] extra; the core-only run of scripts/check_oldest.sh skips them.
+needs_onnx = pytest.mark.skipif(
+    importlib.util.find_spec("onnx") is None or importlib.util.find_spec("onnxruntime") is None,
+    reason="needs onnx and onnxruntime (pip install 'lstmlm[onnx]')",
+)
 SHAPES = {"tied": {}, "projection": {"embedding_size": 8, "tie_word_embeddings": True}}
 
 
@@ -461,6 +467,7 @@ def _left_padded(batch, seq, seed):
     return ids, mask
 
 
+@needs_onnx
 @pytest.mark.parametrize("batch, seq", [(1, 1), (2, 7), (4, 11)], ids=["1x1", "2x7", "4x11"])
 def test_onnx_prefill_step_and_greedy_equal_pytorch(exported, batch, seq):
     model, generator = exported
@@ -472,6 +479,7 @@ def test_onnx_prefill_step_and_greedy_equal_pytorch(exported, batch, seq):
     assert report["greedy_ids_equal"], (report["pytorch_ids"], report["onnx_ids"])
 
 
+@needs_onnx
 def test_onnx_greedy_stops_on_eos_like_generate(exported):
     model, generator = exported
     ids = _ids(3, 4, seed=7)
@@ -484,6 +492,7 @@ def test_onnx_greedy_stops_on_eos_like_generate(exported):
     assert got[0, 4] == eos and (got[0, 5:] == 1).all()
 
 
+@needs_onnx
 def test_onnx_prefill_ignores_padding_anywhere(exported):
     model, generator = exported
     ids = _ids(2, 6, seed=9)
@@ -496,6 +505,7 @@ def test_onnx_prefill_ignores_padding_anywhere(exported):
     np.testing.assert_allclose(h[:, 0], torch.stack([expected.cache.get_state(i)[0][0] for i in range(2)]), atol=1e-5)
 
 
+@needs_onnx
 def test_onnx_folder_and_input_errors(tmp_path, exported):
     _, generator = exported
     with pytest.raises(OSError, match="not an ONNX export of this model"):
@@ -532,6 +542,7 @@ def test_quantize_script_smoke(tmp_path):
     assert isinstance(AutoModelForCausalLM.from_pretrained(out).lm_head, Int8Linear)
 
 
+@needs_onnx
 def test_export_onnx_and_onnx_generate_scripts_smoke(tmp_path):
     out = tmp_path / "onnx"
     _run_script("export_onnx.py", "--smoke", "--output_dir", str(out), cwd=tmp_path)
@@ -554,6 +565,7 @@ def test_cache_public_methods_after_direct_steps():
     torch.testing.assert_close(cache.get_state(0)[1], h0, rtol=0, atol=0)
 
 
+@needs_onnx
 def test_decode_benchmark_smoke_variants_agree(tmp_path):
     out = tmp_path / "decode.json"
     bench = REPO_ROOT / "benchmarks" / "bench_decode.py"

@@ -11,6 +11,10 @@ from pathlib import Path
 CHECKOUT = Path(__file__).resolve().parents[2]
 TINYSHAKESPEARE = CHECKOUT / "data" / "tinyshakespeare" / "input.txt"
 
+# Caps every training command at this many optimizer steps when set: tests/test_readme.py runs the README's and the
+# docs' training commands as written, in seconds, this way.
+MAX_STEPS_ENV = "LSTMLM_MAX_STEPS"
+
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
 
 
@@ -55,3 +59,17 @@ def check_model_path(name: str | os.PathLike | None, flag: str = "--model") -> N
         raise SystemExit(f"error: {flag} {name}: no such folder")
     if not path.is_dir():
         raise SystemExit(f"error: {flag} {name}: is not a folder")
+
+
+def max_steps_cap(max_steps: int = -1) -> int:
+    """`max_steps` (-1: none, the epochs decide) capped at `$LSTMLM_MAX_STEPS` when that is set.
+
+    Raises:
+        ValueError: `LSTMLM_MAX_STEPS` is not a positive integer.
+    """
+    value = os.environ.get(MAX_STEPS_ENV)
+    if not value:
+        return max_steps
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"{MAX_STEPS_ENV}={value!r}: expected a positive integer")
+    return int(value) if max_steps < 0 else min(max_steps, int(value))

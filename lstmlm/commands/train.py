@@ -8,7 +8,8 @@
     torchrun --nproc_per_node 2 scripts/train.py --smoke                # DDP (gloo on CPU)
 
 Every flag of `transformers.TrainingArguments` works (`--learning_rate`, `--optim sgd`, `--max_grad_norm`,
-`--gradient_accumulation_steps`, `--resume_from_checkpoint PATH|last`, ...). `--config FILE.json` sets defaults for
+`--gradient_accumulation_steps`, `--resume_from_checkpoint PATH|last`, ...); `--help` lists this script's own flags
+and the common Trainer ones, `--help_all` all of them. `--config FILE.json` sets defaults for
 any flag (flags given on the command line win). Without any data flag, the bundled tinyshakespeare is used, split
 by lines into [0, 36000) train, [36000, 38000) validation and [38000, 40000) test.
 
@@ -19,13 +20,15 @@ test) and `loss_curve.png`.
 
 import argparse
 import json
-from dataclasses import dataclass, field
+import sys
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import torch
 from transformers import HfArgumentParser, TrainingArguments
 
-from lstmlm.commands._common import TINYSHAKESPEARE, HelpFormatter, check_model_path
+from lstmlm.commands._common import TINYSHAKESPEARE, HelpFormatter, check_model_path, max_steps_cap
+from modeling_lstmlm._extras import require
 from modeling_lstmlm.packaged import tokenizer_dir as packaged_tokenizer
 from modeling_lstmlm.training import DataArguments, ModelArguments, RunArguments, run_training
 
@@ -73,6 +76,34 @@ SMOKE = {
 }
 
 
+# The TrainingArguments flags that `--help` lists (all of them work; `--help_all` lists every one).
+COMMON_TRAINER_FLAGS = {
+    "output_dir",
+    "num_train_epochs",
+    "max_steps",
+    "per_device_train_batch_size",
+    "per_device_eval_batch_size",
+    "gradient_accumulation_steps",
+    "learning_rate",
+    "lr_scheduler_type",
+    "warmup_steps",
+    "weight_decay",
+    "max_grad_norm",
+    "optim",
+    "seed",
+    "logging_steps",
+    "eval_strategy",
+    "eval_steps",
+    "save_strategy",
+    "save_steps",
+    "save_total_limit",
+    "resume_from_checkpoint",
+    "use_cpu",
+    "bf16",
+    "report_to",
+}
+
+
 @dataclass
 class ScriptArguments:
     config: str | None = field(
@@ -81,12 +112,27 @@ class ScriptArguments:
     smoke: bool = field(default=False, metadata={"help": "Tiny model, a few steps on a slice of tinyshakespeare."})
 
 
-def make_parser() -> HfArgumentParser:
-    return HfArgumentParser(
+def make_parser(help_all: bool = True) -> HfArgumentParser:
+    """The parser of every flag; with `help_all=False` its help lists only this script's flags and the common Trainer
+    ones (the others still parse)."""
+    parser = HfArgumentParser(
         (ModelArguments, DataArguments, RunArguments, TrainingArguments, ScriptArguments),
         description=__doc__,
         formatter_class=HelpFormatter,
     )
+    parser.add_argument("--help_all", action="help", help="show every flag, all TrainingArguments included, and exit")
+    if not help_all:
+        hidden = {f.name for f in fields(TrainingArguments)} - COMMON_TRAINER_FLAGS
+        own = (ModelArguments, DataArguments, RunArguments, ScriptArguments)
+        hidden -= {f.name for cls in own for f in fields(cls)}
+        for action in parser._actions:
+            if action.dest in hidden:
+                action.help = argparse.SUPPRESS
+        parser.epilog = (
+            f"{len(hidden)} more transformers.TrainingArguments flags are accepted and not listed here: "
+            "--help_all lists them all."
+        )
+    return parser
 
 
 def parse_args(argv: list[str] | None = None):
@@ -95,7 +141,8 @@ def parse_args(argv: list[str] | None = None):
     pre.add_argument("--smoke", nargs="?", const="true", default="false")
     known, _ = pre.parse_known_args(argv)
 
-    parser = make_parser()
+    args = sys.argv[1:] if argv is None else argv
+    parser = make_parser(help_all="--help_all" in args)
     defaults = dict(DEFAULTS)
     if known.smoke.lower() in ("true", "1", "yes"):
         defaults.update(SMOKE)
@@ -107,7 +154,11 @@ def parse_args(argv: list[str] | None = None):
             raise ValueError(f"{known.config} sets unknown arguments: {unknown}")
         defaults.update(recipe)
     parser.set_defaults(**defaults)
+    if not {"-h", "--help", "--help_all"} & set(args):
+        # TrainingArguments sets up its device (which needs accelerate) while the flags are parsed.
+        require("accelerate", "train", "Training with the Trainer")
     model_args, data_args, run_args, training_args, script_args = parser.parse_args_into_dataclasses(args=argv)
+    training_args.max_steps = max_steps_cap(training_args.max_steps)
     check_model_path(model_args.model_name_or_path, "--model_name_or_path")
     check_model_path(model_args.tokenizer_name, "--tokenizer_name")
     if data_args.train_file is None and data_args.dataset_name is None:
