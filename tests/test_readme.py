@@ -242,6 +242,15 @@ def _wait_for(url: str, process: subprocess.Popen, seconds: float = 300) -> None
     raise AssertionError(f"{url} did not answer within {seconds} s")
 
 
+def _refuse_if_answering(url: str) -> None:
+    try:
+        with urllib.request.urlopen(url, timeout=2):
+            pass
+    except OSError:
+        return
+    raise AssertionError(f"{url} already answers: another server holds the port the README's server uses")
+
+
 def _execute(block: Block, work: Path, env: dict[str, str], hub_repo: str | None) -> None:
     steps: list[tuple[str, str, Block]] = []
     for item in _chain(block):
@@ -262,19 +271,29 @@ def _execute(block: Block, work: Path, env: dict[str, str], hub_repo: str | None
                 command = ["bash", str(script)]
             if "background" in item.options:
                 log = open(work / f"block{number}.log", "w")
+                _refuse_if_answering(SERVER_HEALTH)  # a server left from elsewhere would answer in its place
                 background.append(
-                    subprocess.Popen(command, cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
+                    subprocess.Popen(
+                        command, cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                    )
                 )
                 _wait_for(SERVER_HEALTH, background[-1])
             else:
                 _run(command, work, env)
     finally:
-        for process in background:
-            process.send_signal(signal.SIGTERM)
+        for process in background:  # the block's whole process group: bash and the server it started
+            os.killpg(process.pid, signal.SIGTERM)
             try:
                 process.wait(timeout=30)
             except subprocess.TimeoutExpired:
-                process.kill()
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+            for _ in range(60):  # the server may outlive the bash that started it by a moment
+                try:
+                    os.killpg(process.pid, 0)
+                except ProcessLookupError:
+                    break
+                time.sleep(0.5)
 
 
 @pytest.fixture(scope="session")
