@@ -125,6 +125,8 @@ def test_demo_smoke_writes_everything(tmp_path):
     output = tmp_path / "demo"
     done = run("demo.py", "--smoke", "--output_dir", output, cwd=tmp_path)
     summary = json.loads((output / "demo.json").read_text())
+    assert summary["results"]["train_steps"] == 20  # a fixed number of steps, not a time budget
+    assert done.stdout.startswith("Smoke run: a tiny model for a few seconds")  # what to expect, before it starts
     assert summary["sample"].startswith("ROMEO:") and (output / "sample.txt").read_text().startswith("ROMEO:")
     for split in ("validation", "test"):
         word_ppl = summary["results"][f"{split}_word_perplexity"]
@@ -174,3 +176,11 @@ def test_train_config_sets_defaults_and_flags_win(tmp_path):
     assert model_args.hidden_size == 8 and data_args.stateful is True
     assert training_args.learning_rate == 0.25
     assert data_args.train_lines == "0:36000" and data_args.test_lines == "38000:40000"  # the default split
+
+
+def test_demo_default_is_a_fixed_number_of_steps_and_says_what_to_expect():
+    demo = load_script("demo")
+    args = demo.parse_args([])
+    assert args.max_steps == 1000 and args.minutes is None
+    assert demo.expected_duration(args).startswith("Training 1000 steps: expect about 3.4 min of training")
+    assert "time budget" in demo.expected_duration(demo.parse_args(["--minutes", "10"]))
