@@ -43,10 +43,10 @@ DATA = {
     "validation_lines": "36000:38000",
     "test_lines": "38000:40000",
 }
-# The speed the expected duration is computed from: the recipe's model made 1166 steps in 4.0 min on the 2 cores of an
-# otherwise idle AMD EPYC (2026-11-28). Tokenizing, evaluating both splits, saving and the sample come on top: about 3
-# min on a busy machine where the 4-minute version took about 7 min in all (issue 14), less on an idle one.
-STEPS_PER_MINUTE = 1166 / 4.0
+# The speed the expected duration is computed from: the recipe's model made 1000 steps in 8.5 min (five evaluations
+# included) on the 2 otherwise idle cores of an AMD EPYC Milan (2026-11-29); set-up, tokenizing, scoring both splits,
+# saving and the sample took about 1 more minute (the whole `bash scripts/run_demo.sh`: 9 min 35 s).
+STEPS_PER_MINUTE = 1000 / 8.5
 SMOKE = {
     "hidden_size": 32,
     "embedding_size": 32,
@@ -96,7 +96,7 @@ def expected_duration(args: argparse.Namespace) -> str:
         return f"Training {args.max_steps} steps of {args.recipe.name}"
     return (
         f"Training {args.max_steps} steps: expect about {args.max_steps / STEPS_PER_MINUTE:.1f} min of training on 2 "
-        "idle CPU cores, plus 1-3 min of tokenizing, evaluation and saving (a busy machine takes longer and prints the "
+        "idle CPU cores, plus about 1 min of tokenizing, evaluation and saving (a busy machine takes longer and prints the "
         "same result)"
     )
 

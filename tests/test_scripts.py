@@ -182,5 +182,5 @@ def test_demo_default_is_a_fixed_number_of_steps_and_says_what_to_expect():
     demo = load_script("demo")
     args = demo.parse_args([])
     assert args.max_steps == 1000 and args.minutes is None
-    assert demo.expected_duration(args).startswith("Training 1000 steps: expect about 3.4 min of training")
+    assert demo.expected_duration(args).startswith("Training 1000 steps: expect about 8.5 min of training")
     assert "time budget" in demo.expected_duration(demo.parse_args(["--minutes", "10"]))
