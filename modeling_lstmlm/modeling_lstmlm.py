@@ -278,10 +278,10 @@ class LSTMLMModel(LSTMLMPreTrainedModel):
             and input_ids is not None
             and input_ids.shape[-1] == 1
             and attention_mask is None
-            and not output_hidden_states
-            and not self.training
-            and return_dict is not False
             and use_cache
+            and not self.training
+            and not (output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states)
+            and (return_dict if return_dict is not None else self.config.return_dict)
         ):
             # The decoding step (`generate` sends one token and the cache, no mask): the loop below without the
             # bookkeeping that cannot apply (padding, dropout, hidden states, penalties). The same module calls.

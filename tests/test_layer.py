@@ -208,3 +208,11 @@ def test_the_lean_decoding_branch_equals_the_general_loop():
     for layer_idx in range(model.config.num_hidden_layers):
         for got, want in zip(lean.cache.get_state(layer_idx), general.cache.get_state(layer_idx), strict=True):
             torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+    # The config's defaults still apply to a decoding step: hidden states and tuples when the config asks for them.
+    model.config.output_hidden_states = True
+    with torch.no_grad():
+        states = model(ids[:, :1], cache=lean_cache, use_cache=True).hidden_states
+    assert len(states) == 1 + model.config.num_hidden_layers
+    model.config.output_hidden_states, model.config.return_dict = False, False
+    with torch.no_grad():
+        assert isinstance(model.model(ids[:, :1], cache=lean_cache, use_cache=True), tuple)
