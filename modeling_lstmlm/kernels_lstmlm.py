@@ -447,7 +447,20 @@ def linear(module: nn.Linear, x: torch.Tensor) -> torch.Tensor | None:
     return kernel(x.reshape(-1, shape[-1])).reshape(*shape[:-1], weight.shape[0])
 
 
-class DecodingLinear(nn.Linear):
+class PackedKernelModule:
+    """Mixin for a module whose inference forward may run a packed kernel (`LSTMLMLayer`, `DecodingLinear`): the
+    `decode_kernel` setting ("auto": measure and pick; or one of `KERNELS`; the choice and its reason land in
+    `decode_kernel_choice`), and packed copies dropped on every `train()` / `eval()`, a switch that starts or ends a
+    phase in which the weights may change."""
+
+    decode_kernel: str = "auto"
+
+    def train(self, mode: bool = True):
+        forget_packed(self)
+        return super().train(mode)
+
+
+class DecodingLinear(PackedKernelModule, nn.Linear):
     """An `nn.Linear` (same parameters, same state dict) whose inference forward runs the kernel chosen for this
     machine (see `linear`); training, autograd, hooks, parametrizations and non-float32 or non-CPU tensors take
     `F.linear` as any `nn.Linear` does. The language model's output layer is one.
@@ -462,12 +475,6 @@ class DecodingLinear(nn.Linear):
     True
     ```
     """
-
-    decode_kernel: str = "auto"
-
-    def train(self, mode: bool = True):
-        forget_packed(self)  # a switch of mode starts or ends a phase in which the weights may change
-        return super().train(mode)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = linear(self, x)

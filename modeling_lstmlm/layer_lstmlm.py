@@ -10,10 +10,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from .kernels_lstmlm import forget_packed, lstm_step
+from .kernels_lstmlm import PackedKernelModule, lstm_step
 
 
-class LSTMLMLayer(nn.Module):
+class LSTMLMLayer(PackedKernelModule, nn.Module):
     """One LSTM layer that owns its recurrence, for whole sequences and for single tokens.
 
     Parameters: those of a one-layer `nn.LSTM`, under the same names (`weight_ih_l0` `(4 * hidden, input_size)`,
@@ -50,9 +50,6 @@ class LSTMLMLayer(nn.Module):
     """
 
     single_step: bool = True
-    # "auto": the decoding step measures the kernels this machine can run at first use and keeps the fastest
-    # (`kernels_lstmlm`); or one of "aten", "onednn", "onnxruntime". The choice and its reason: `decode_kernel_choice`.
-    decode_kernel: str = "auto"
 
     def __init__(self, input_size: int, hidden_size: int, weight_dropout: float = 0.0):
         super().__init__()
@@ -70,10 +67,6 @@ class LSTMLMLayer(nn.Module):
         bound = self.hidden_size**-0.5
         for param in self.parameters(recurse=False):
             nn.init.uniform_(param, -bound, bound)
-
-    def train(self, mode: bool = True):
-        forget_packed(self)  # a switch of mode starts or ends a phase in which the weights may change
-        return super().train(mode)
 
     def _weights(self) -> list[torch.Tensor]:
         """`[w_ih, w_hh, b_ih, b_hh]` as the kernels take them, with DropConnect on `w_hh` in training."""
