@@ -388,8 +388,17 @@ def run_generate(model, input_ids: torch.LongTensor, new_tokens: int) -> torch.L
     )
 
 
+def run_generate_unforced(model, input_ids: torch.LongTensor, new_tokens: int) -> torch.LongTensor:
+    """`generate()` as a user calls it (eos checked at every step), without `min_new_tokens`: what the hand loops
+    compute (they neither stop at nor mask eos). The caller checks that no row stopped early (the output's shape)."""
+    return model.generate(
+        input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=new_tokens, do_sample=False, use_cache=True
+    )
+
+
 METHODS = {
     "generate": run_generate,
+    "generate_unforced": run_generate_unforced,
     "loop_nn_lstm": loop_nn_lstm,
     "loop_lstm_cell": loop_lstm_cell,
     "loop_modules": loop_modules,

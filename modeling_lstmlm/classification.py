@@ -72,7 +72,8 @@ def load_classification_dataset(
 
     Raises:
         ValueError: neither or both sources given, an unknown file extension, a missing column (the message lists the
-            columns found), an empty split, or `held_out_fraction` outside (0, 0.5].
+            columns found), a row with no text or no label (an empty CSV cell, a JSON null), an empty split, or
+            `held_out_fraction` outside (0, 0.5].
         OSError: a file that does not exist.
     """
     if (train_file is None) == (dataset_name is None):
@@ -112,6 +113,13 @@ def load_classification_dataset(
             data = data.rename_column(label_column, "label")
         if len(data) == 0:
             raise ValueError(f"The {split} split is empty")
+        for name, column in ((text_column, "text"), (label_column, "label")):
+            blank = [i for i, value in enumerate(data[column]) if value is None]
+            if blank:
+                raise ValueError(
+                    f"The {split} split has {len(blank)} row(s) with no value in column {name!r} (first: row {blank[0]}"
+                    f" of the split, 0-based, header not counted); fill or remove them"
+                )
         splits[split] = data
     for split in ("test", "validation"):
         if split not in splits:

@@ -249,6 +249,13 @@ def test_data_errors(tmp_path):
         load_classification_dataset(train_file=tmp_path / "data.txt")
     with pytest.raises(FileNotFoundError, match="missing.csv"):
         load_classification_dataset(train_file=tmp_path / "missing.csv")
+    blank = tmp_path / "blank.csv"  # an empty text cell (row 1) and an empty label cell (row 2) read as None
+    blank.write_text("text,label\nhello,a\n,b\nworld,\nagain,a\n")
+    with pytest.raises(ValueError, match=r"train split has 1 row\(s\) with no value in column 'text' \(first: row 1 "):
+        load_classification_dataset(train_file=blank)
+    blank.write_text("text,label\nhello,a\nthere,b\nworld,\nagain,a\n")
+    with pytest.raises(ValueError, match=r"train split has 1 row\(s\) with no value in column 'label' \(first: row 2 "):
+        load_classification_dataset(train_file=blank)
     with pytest.raises(ValueError, match="exactly one of"):
         load_classification_dataset()
     with pytest.raises(ValueError, match="at least 2 distinct labels"):

@@ -193,7 +193,8 @@ def prepared(base_env, tmp_path_factory) -> Path:
         for i in range(0, 80, 2)
     ]
     (root / "chats.jsonl").write_text("".join(json.dumps(turn) + "\n" for turn in turns))
-    rows = [f'"{line.replace(chr(34), "")}",{"good" if i % 2 else "bad"}' for i, line in enumerate(lines[:60])]
+    texts = [line.replace(chr(34), "") for line in lines[:80] if line.strip()][:60]  # an empty cell is refused
+    rows = [f'"{text}",{"good" if i % 2 else "bad"}' for i, text in enumerate(texts)]
     (root / "reviews.csv").write_text("review,sentiment\n" + "\n".join(rows) + "\n")
     return root
 
