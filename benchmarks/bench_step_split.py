@@ -1,0 +1,108 @@
+"""Where a decoding token's time goes: the packed kernels, the rest of the model's forward, and `generate()`'s loop.
+
+    taskset -c 0 python benchmarks/bench_step_split.py                 # batch 1 and 8, H=512 L=2 V=8192
+    taskset -c 0 python benchmarks/bench_step_split.py --batch_sizes 1 --rounds 10
+
+`generate()` (greedy, no `min_new_tokens`) and the `model-modules loop` of `bench_generate_vs_loop.py` (the model's
+embedding, `LSTMLMLayer`s and output layer called by hand) run interleaved on the same random model in this process,
+with timers around every call of a decoding kernel (`kernels_lstmlm`'s onnxruntime / oneDNN / ATen kernel objects)
+and around `LSTMLMForCausalLM.forward`. Per token: `kernels` (the matmuls and gate math inside the kernel calls),
+`forward - kernels` (the model's own per-token work around them: module calls, state bookkeeping, outputs) and
+`outside forward` (`generate()`'s loop: logits copy, token choice, stopping criteria, ids); for the hand loop,
+everything that is not a kernel. The three fastest rounds of each are printed (a shared machine is noisy; the split
+within one round is what to read). Timers add about a microsecond per call.
+"""
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _generate_common import DEFAULT_LSTM, build_lstm, loop_modules, machine_facts, print_facts  # noqa: E402
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch_sizes", type=int, nargs="+", default=[1, 8], help="batch sizes to measure")
+    parser.add_argument("--new_tokens", type=int, default=256, help="new tokens per row")
+    parser.add_argument("--prompt_len", type=int, default=16, help="prompt length in tokens")
+    parser.add_argument("--hidden_size", type=int, default=DEFAULT_LSTM["hidden_size"], help="LSTM hidden size")
+    parser.add_argument("--num_layers", type=int, default=DEFAULT_LSTM["num_hidden_layers"], help="LSTM layers")
+    parser.add_argument("--vocab_size", type=int, default=DEFAULT_LSTM["vocab_size"], help="vocabulary size")
+    parser.add_argument("--rounds", type=int, default=8, help="interleaved timed runs of each method")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    torch.set_num_threads(1)
+    from modeling_lstmlm import kernels_lstmlm
+    from modeling_lstmlm.modeling_lstmlm import LSTMLMForCausalLM
+
+    spent = {"kernels": 0.0, "forward": 0.0}
+
+    def timed(function, bucket):
+        def wrapper(*a, **k):
+            start = time.perf_counter()
+            try:
+                return function(*a, **k)
+            finally:
+                spent[bucket] += time.perf_counter() - start
+
+        return wrapper
+
+    for kernels in (kernels_lstmlm._STEP_KERNELS, kernels_lstmlm._LINEAR_KERNELS):
+        for cls in kernels.values():
+            cls.__call__ = timed(cls.__call__, "kernels")
+    LSTMLMForCausalLM.forward = timed(LSTMLMForCausalLM.forward, "forward")
+
+    lstm = {"vocab_size": args.vocab_size, "hidden_size": args.hidden_size, "num_hidden_layers": args.num_layers}
+    model = build_lstm({"lstm": lstm})  # eos_token_id=None: exactly N tokens
+
+    def run_generate(input_ids, n):
+        return model.generate(input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=n, do_sample=False)
+
+    print(
+        f"LSTMLM H={args.hidden_size} L={args.num_layers} V={args.vocab_size}, {args.new_tokens} new tokens, 1 thread"
+    )
+    print("| batch | method | ms/token | kernels | forward - kernels | outside forward (generate's loop) |")
+    print("|---|---|---|---|---|---|")
+    for batch in args.batch_sizes:
+        generator = torch.Generator().manual_seed(0)
+        input_ids = torch.randint(2, args.vocab_size, (batch, args.prompt_len), generator=generator)
+        methods = {"generate": run_generate, "model-modules loop": lambda ids, n: loop_modules(model, ids, n)}
+        rows = {name: [] for name in methods}
+        with torch.inference_mode():
+            outputs = {name: method(input_ids, args.new_tokens) for name, method in methods.items()}  # warm-up
+            if not torch.equal(outputs["generate"], outputs["model-modules loop"]):
+                raise RuntimeError("generate() and the hand loop produced different ids")
+            for _ in range(args.rounds):
+                for name, method in methods.items():
+                    spent["kernels"] = spent["forward"] = 0.0
+                    start = time.perf_counter()
+                    method(input_ids, args.new_tokens)
+                    total = time.perf_counter() - start
+                    per = 1e3 / args.new_tokens
+                    forward = spent["forward"] if name == "generate" else total
+                    rows[name].append(
+                        (
+                            total * per,
+                            spent["kernels"] * per,
+                            (forward - spent["kernels"]) * per,
+                            (total - forward) * per,
+                        )
+                    )
+        for name, measured in rows.items():
+            for total, kernels, rest, outside in sorted(measured)[:3]:
+                outside_text = f"{outside:.3f}" if name == "generate" else "-"
+                print(f"| {batch} | {name} | {total:.3f} | {kernels:.3f} | {rest:.3f} | {outside_text} |")
+    print()
+    print_facts(machine_facts(1))
+    print("decode kernels:", {k: v[0] for k, v in kernels_lstmlm.decode_kernel_choices(model).items()})
+
+
+if __name__ == "__main__":
+    main()
