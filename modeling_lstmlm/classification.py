@@ -41,6 +41,7 @@ from ._extras import require
 _datasets = require("datasets", "apps", "Sequence-classification fine-tuning (modeling_lstmlm.classification)")
 ClassLabel, Dataset, DatasetDict = _datasets.ClassLabel, _datasets.Dataset, _datasets.DatasetDict
 Value, load_dataset = _datasets.Value, _datasets.load_dataset
+arrow_compute = require("pyarrow.compute", "apps", "Sequence-classification fine-tuning")  # installed with datasets
 
 logger = logging.get_logger(__name__)
 
@@ -113,12 +114,14 @@ def load_classification_dataset(
             data = data.rename_column(label_column, "label")
         if len(data) == 0:
             raise ValueError(f"The {split} split is empty")
+        arrow = data.with_format("arrow")
         for name, column in ((text_column, "text"), (label_column, "label")):
-            blank = [i for i, value in enumerate(data[column]) if value is None]
-            if blank:
+            values = arrow[column]  # Arrow's null count: no Python copy of the column
+            if values.null_count:
+                first = arrow_compute.index(arrow_compute.is_null(values), True).as_py()
                 raise ValueError(
-                    f"The {split} split has {len(blank)} row(s) with no value in column {name!r} (first: row {blank[0]}"
-                    f" of the split, 0-based, header not counted); fill or remove them"
+                    f"The {split} split has {values.null_count} row(s) with no value in column {name!r} (first: row "
+                    f"{first} of the split, 0-based, header not counted); fill or remove them"
                 )
         splits[split] = data
     for split in ("test", "validation"):
