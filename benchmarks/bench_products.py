@@ -6,8 +6,9 @@ The products of one decoding step of the H=512, L=2, V=8192 model (each LSTM lay
 and the output layer, 8192 x 512: 33.6 MB of float32) are run one after the other, as a step runs them, so that the
 weights do not stay in the last-level cache between calls, through each kernel this machine has: ATen (`F.linear`,
 MKL), numpy (OpenBLAS; `x @ W.T` and `W @ x.T`), onnxruntime (a `Gemm` session, as `kernels_lstmlm` builds it) and
-oneDNN (`kernels_lstmlm`'s packed linear). Next to them, in the same run, two pure reads of a 256 MB buffer
-(`torch.sum`, numpy `dot` of its two halves): what a product cannot beat. GB/s = weight bytes / time of the three
+oneDNN (`kernels_lstmlm`'s packed linear). Next to them, in the same run, the pure reads of a 256 MB buffer that
+`bench_decode.py`'s floor is made of (`_generate_common.read_bandwidth`: `torch.sum`, numpy `dot` of its two halves,
+best of 5): what a product cannot beat. GB/s = weight bytes / time of the three
 products (the 25th percentile of `--repeats` runs). One thread.
 """
 
@@ -19,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _generate_common import read_bandwidth  # noqa: E402
 
 
 def quartile_time(function, repeats: int) -> float:
@@ -61,14 +62,8 @@ def main(argv=None) -> None:
     torch.set_num_threads(1)
     from modeling_lstmlm import kernels_lstmlm
 
-    buffer = torch.rand(64 * 2**20)  # 256 MB
-    half = buffer.numel() // 2
-    array = buffer.numpy()
-    read = {
-        "torch.sum": quartile_time(buffer.sum, 5),
-        "numpy dot": quartile_time(lambda: np.dot(array[:half], array[half:]), 5),
-    }
-    print("pure read of 256 MB: " + ", ".join(f"{k} {buffer.numel() * 4 / t / 1e9:.1f} GB/s" for k, t in read.items()))
+    read = read_bandwidth(1, sizes_mib=(256,))["per_size_gbs"][256]  # the floor's own measurement (bench_decode)
+    print("pure read of 256 MB: " + ", ".join(f"{kernel} {gbs:.1f} GB/s" for kernel, gbs in read.items()))
 
     h, v = args.hidden_size, args.vocab_size
     shapes = [(4 * h, 2 * h), (4 * h, 2 * h), (v, h)]

@@ -21,7 +21,14 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _generate_common import DEFAULT_LSTM, build_lstm, loop_modules, machine_facts, print_facts  # noqa: E402
+from _generate_common import (  # noqa: E402
+    DEFAULT_LSTM,
+    build_lstm,
+    loop_modules,
+    machine_facts,
+    print_facts,
+    run_generate_unforced,
+)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -62,9 +69,6 @@ def main(argv=None) -> None:
     lstm = {"vocab_size": args.vocab_size, "hidden_size": args.hidden_size, "num_hidden_layers": args.num_layers}
     model = build_lstm({"lstm": lstm})  # eos_token_id=None: exactly N tokens
 
-    def run_generate(input_ids, n):
-        return model.generate(input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=n, do_sample=False)
-
     print(
         f"LSTMLM H={args.hidden_size} L={args.num_layers} V={args.vocab_size}, {args.new_tokens} new tokens, 1 thread"
     )
@@ -73,17 +77,17 @@ def main(argv=None) -> None:
     for batch in args.batch_sizes:
         generator = torch.Generator().manual_seed(0)
         input_ids = torch.randint(2, args.vocab_size, (batch, args.prompt_len), generator=generator)
-        methods = {"generate": run_generate, "model-modules loop": lambda ids, n: loop_modules(model, ids, n)}
+        methods = {"generate": run_generate_unforced, "model-modules loop": loop_modules}
         rows = {name: [] for name in methods}
         with torch.inference_mode():
-            outputs = {name: method(input_ids, args.new_tokens) for name, method in methods.items()}  # warm-up
+            outputs = {name: method(model, input_ids, args.new_tokens) for name, method in methods.items()}  # warm-up
             if not torch.equal(outputs["generate"], outputs["model-modules loop"]):
                 raise RuntimeError("generate() and the hand loop produced different ids")
             for _ in range(args.rounds):
                 for name, method in methods.items():
                     spent["kernels"] = spent["forward"] = 0.0
                     start = time.perf_counter()
-                    method(input_ids, args.new_tokens)
+                    method(model, input_ids, args.new_tokens)
                     total = time.perf_counter() - start
                     per = 1e3 / args.new_tokens
                     forward = spent["forward"] if name == "generate" else total

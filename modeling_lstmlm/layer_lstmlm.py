@@ -101,8 +101,6 @@ class LSTMLMLayer(PackedKernelModule, nn.Module):
                 out = torch.where(keep, h, 0.0)
                 h, c = torch.where(keep, h, state[0]), torch.where(keep, c, state[1])
                 return out[:, None], (h.to(dtype), c.to(dtype))
-            if h.dtype is dtype and c.dtype is dtype:  # the decoding step: no casts (two calls fewer per layer)
-                return h[:, None], (h, c)
             return h[:, None], (h.to(dtype), c.to(dtype))
         if packed:
             return self._packed(x, state)
