@@ -29,6 +29,7 @@ and `output_dir/<system>.hyp.txt`, one line per test sentence.
 """
 
 import argparse
+import functools
 import importlib.util
 import json
 import os
@@ -61,6 +62,14 @@ def parse_args(argv=None):
     p.add_argument("--lstm_embedding_size", type=int, default=256)
     p.add_argument("--lstm_layers", type=int, default=2)
     p.add_argument("--lstm_lr", type=float, default=3e-3)
+    p.add_argument("--lstm_dropout", type=float, default=None, help="The LSTM's hidden and output dropout.")
+    p.add_argument("--lstm_weight_dropout", type=float, default=0.2, help="DropConnect on the LSTM's recurrent weights.")
+    p.add_argument("--lstm_embedding_dropout", type=float, default=0.1)
+    p.add_argument(
+        "--lstm_reverse_source",
+        action="store_true",
+        help="Feed the LSTM the source tokens in reverse order (Sutskever et al. 2014), in training and translation.",
+    )
     p.add_argument("--gpt2_n_embd", type=int, default=256)
     p.add_argument("--gpt2_n_head", type=int, default=4)
     p.add_argument("--gpt2_lr", type=float, default=1e-3)
@@ -126,10 +135,10 @@ def build_models(spec: dict, tokenizer) -> dict:
             hidden_size=spec["lstm_hidden_size"],
             embedding_size=spec["lstm_embedding_size"],
             num_hidden_layers=spec["lstm_layers"],
-            embedding_dropout=0.1,
-            hidden_dropout=0.2,
-            output_dropout=0.3,
-            weight_dropout=0.2,
+            embedding_dropout=spec["lstm_embedding_dropout"],
+            hidden_dropout=0.2 if spec["lstm_dropout"] is None else spec["lstm_dropout"],
+            output_dropout=0.3 if spec["lstm_dropout"] is None else spec["lstm_dropout"],
+            weight_dropout=spec["lstm_weight_dropout"],
             variational_dropout=True,
             **ids,
         )
@@ -206,7 +215,8 @@ def run_system(spec: dict) -> dict:
     pairs = spec["pairs"]
     model = build_models(spec, tokenizer)
     seq2seq = system == "encoder_decoder"
-    encode = encode_seq2seq if seq2seq else encode_decoder_only
+    reverse = system == "lstm" and spec["lstm_reverse_source"]
+    encode = encode_seq2seq if seq2seq else functools.partial(encode_decoder_only, reverse_source=reverse)
     train = [encode(tokenizer, s, t) for s, t in pairs["train"]]
     valid = [encode(tokenizer, s, t) for s, t in pairs["validation"]]
     if seq2seq:
@@ -249,7 +259,7 @@ def run_system(spec: dict) -> dict:
     sources = [s for s, _ in pairs["test"]]
     references = [t for _, t in pairs["test"]]
     start = time.monotonic()
-    hypotheses = translate(model, tokenizer, sources, num_beams=spec["num_beams"], batch_size=16)
+    hypotheses = translate(model, tokenizer, sources, num_beams=spec["num_beams"], batch_size=16, reverse_source=reverse)
     decode_seconds = time.monotonic() - start
     (out / f"{system}.hyp.txt").write_text("\n".join(h.replace("\n", " ") for h in hypotheses) + "\n", encoding="utf-8")
     scores = score_translations(hypotheses, references)

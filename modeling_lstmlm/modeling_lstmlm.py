@@ -312,7 +312,11 @@ class LSTMLMModel(LSTMLMPreTrainedModel):
             _check_cache(cache, batch_size)
         elif use_cache:
             cache = LSTMLMCache(config=config)
-        mask = self._prepare_mask(attention_mask, batch_size, seq_len)  # (batch, seq) bool, or None if no padding
+        mask, right_padded = self._prepare_mask(attention_mask, batch_size, seq_len)  # (batch, seq) bool or None
+        # Right padding with no state to return (training, `use_cache=False`): padding comes after every real token,
+        # so it cannot change a real position's output; the layers then run the fused kernel on the whole rectangle
+        # (packing's backward on CPU costs about twice the fused one) and padded positions are zeroed after each.
+        layer_mask = None if right_padded and cache is None else mask
 
         # One loop for every path (training, prompts, decoding steps): each layer decides how to run its recurrence.
         variational = config.variational_dropout
@@ -321,9 +325,11 @@ class LSTMLMModel(LSTMLMPreTrainedModel):
         last = len(self.layers) - 1
         for layer_idx, layer in enumerate(self.layers):
             state = cache.get_state(layer_idx) if cache is not None else None
-            hidden, (h, c) = layer(hidden, state, mask)  # (batch, seq, hidden)
+            hidden, (h, c) = layer(hidden, state, layer_mask)  # (batch, seq, hidden)
             if cache is not None:
                 cache.set_state(layer_idx, h, c)
+            if layer_mask is not mask:
+                hidden = hidden * mask[..., None]
             if layer_idx < last:
                 hidden = _dropout(hidden, config.hidden_dropout, self.training, variational)
                 if output_hidden_states:
@@ -360,11 +366,12 @@ class LSTMLMModel(LSTMLMPreTrainedModel):
         )
 
     @staticmethod
-    def _prepare_mask(attention_mask, batch_size: int, seq_len: int) -> torch.Tensor | None:
-        """The mask's last `seq_len` columns as bool, or None when nothing is padded. For more than one token, finding
-        out reads the mask on the host (one synchronisation); a one-token mask goes to the layers' `torch.where`."""
+    def _prepare_mask(attention_mask, batch_size: int, seq_len: int) -> tuple[torch.Tensor | None, bool]:
+        """The mask's last `seq_len` columns as bool (None when nothing is padded), and whether the padding is all on
+        the right (every row's real tokens first). For more than one token, finding out reads the mask on the host
+        (one synchronisation); a one-token mask goes to the layers' `torch.where`."""
         if attention_mask is None:
-            return None
+            return None, False
         if attention_mask.dim() != 2 or attention_mask.shape[0] != batch_size or attention_mask.shape[1] < seq_len:
             raise ValueError(
                 f"`attention_mask` must have shape (batch={batch_size}, >= {seq_len}) with its last columns for "
@@ -372,8 +379,9 @@ class LSTMLMModel(LSTMLMPreTrainedModel):
             )
         mask = attention_mask[:, attention_mask.shape[1] - seq_len :].bool()
         if seq_len == 1:
-            return mask
-        return None if bool(mask.all()) else mask
+            return mask, False
+        all_real, holes = torch.stack((mask.all(), (mask[:, 1:] > mask[:, :-1]).any())).tolist()
+        return (None, False) if all_real else (mask, not holes)
 
 
 class LSTMLMForCausalLM(LSTMLMPreTrainedModel, LSTMLMGenerationMixin):

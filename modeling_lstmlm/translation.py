@@ -111,14 +111,20 @@ def separator_id(tokenizer) -> int:
     return token_id
 
 
-def encode_decoder_only(tokenizer, source: str, target: str | None = None, max_length: int = 256) -> dict:
+def encode_decoder_only(
+    tokenizer, source: str, target: str | None = None, max_length: int = 256, reverse_source: bool = False
+) -> dict:
     """`input_ids` = `<bos> source <sep>` (+ `target <eos>` when given) and `labels` (-100 on the prompt part),
-    truncating the source, then the target, so that the whole stays within `max_length` tokens."""
+    truncating the source, then the target, so that the whole stays within `max_length` tokens. `reverse_source`
+    feeds the source's tokens in reverse order (Sutskever et al. 2014: the first source words then sit next to the
+    first target words, a short path for a recurrent model); training and `translate` must agree on it."""
     bos, eos, sep = tokenizer.bos_token_id, tokenizer.eos_token_id, separator_id(tokenizer)
     source_ids = _ids(tokenizer, source)
     target_ids = [] if target is None else [*_ids(tokenizer, target), eos]
     budget = max_length - 2
     source_ids = source_ids[: max(1, budget - len(target_ids)) if target is not None else budget]
+    if reverse_source:
+        source_ids = source_ids[::-1]
     prompt = [bos, *source_ids, sep]
     target_ids = target_ids[: max(0, max_length - len(prompt))]
     return {"input_ids": prompt + target_ids, "labels": [-100] * len(prompt) + target_ids}
@@ -164,11 +170,13 @@ def translate(
     max_new_tokens: int | None = None,
     length_ratio: float = 2.0,
     max_length: int = 256,
+    reverse_source: bool = False,
 ) -> list[str]:
     """Translate `sources` with beam search (`num_beams`; 1 = greedy). A decoder-only model gets the prompts
     `<bos> source <sep>` left-padded; an encoder-decoder the sources. Each output stops at `<eos>` or after
     `max_new_tokens` (default: `length_ratio` times the longest source of the batch, plus 10), and is decoded
-    without special tokens, stripped."""
+    without special tokens, stripped. `reverse_source`: the decoder-only prompts as `encode_decoder_only` builds
+    them with it (set it as the model was trained)."""
     model.eval()
     encoder_decoder = bool(getattr(model.config, "is_encoder_decoder", False))
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
@@ -178,7 +186,7 @@ def translate(
         if encoder_decoder:
             rows = [[*_ids(tokenizer, s)[: max_length - 1], eos] for s in chunk]
         else:
-            rows = [encode_decoder_only(tokenizer, s, max_length=max_length)["input_ids"] for s in chunk]
+            rows = [encode_decoder_only(tokenizer, s, None, max_length, reverse_source)["input_ids"] for s in chunk]
         length = max(len(r) for r in rows)
         if encoder_decoder:  # right padding for the encoder
             ids = [r + [pad] * (length - len(r)) for r in rows]

@@ -189,6 +189,9 @@ def test_decoder_only_encoding_labels_target_only():
     assert example["labels"] == [-100] * (len(source) + 2) + [*target, 0]
     prompt = encode_decoder_only(tokenizer, "Hello there")
     assert prompt["input_ids"] == [0, *source, sep]
+    reversed_example = encode_decoder_only(tokenizer, "Hello there", "Hallo da", reverse_source=True)
+    assert len(source) > 1 and reversed_example["input_ids"] == [0, *source[::-1], sep, *target, 0]
+    assert reversed_example["labels"] == example["labels"]
 
 
 def test_target_only_loss_equals_cross_entropy_on_target_tokens():
@@ -219,6 +222,13 @@ def test_translate_decoder_only_batch_equals_one_by_one():
     batched = translate(model, tokenizer, sources, num_beams=2, max_new_tokens=6)
     single = [translate(model, tokenizer, [s], num_beams=2, max_new_tokens=6)[0] for s in sources]
     assert batched == single and batched[0] != batched[1]  # left padding changes nothing
+    # reverse_source: the prompts are the reversed encoding, in translation as in training.
+    reversed_out = translate(model, tokenizer, sources, num_beams=2, max_new_tokens=6, reverse_source=True)
+    for source, hypothesis in zip(sources, reversed_out):
+        prompt = torch.tensor([encode_decoder_only(tokenizer, source, reverse_source=True)["input_ids"]])
+        ids = model.generate(prompt, num_beams=2, max_new_tokens=6, early_stopping=True, do_sample=False)
+        assert hypothesis == tokenizer.decode(ids[0, prompt.shape[1] :], skip_special_tokens=True).strip()
+    assert reversed_out != batched
 
 
 def test_bleu_and_chrf_on_tiny_data():
@@ -272,8 +282,9 @@ def test_bench_classification_smoke(tmp_path):
 
 def test_bench_translation_smoke(tmp_path):
     pytest.importorskip("sacrebleu")
-    _bench("bench_translation.py", "--smoke", "--output_dir", tmp_path)
+    _bench("bench_translation.py", "--smoke", "--lstm_reverse_source", "--lstm_dropout", "0.1", "--output_dir", tmp_path)
     results = json.loads((tmp_path / "results.json").read_text())
+    assert results["args"]["lstm_reverse_source"] is True and results["args"]["lstm_dropout"] == 0.1
     for system in ("lstm", "gpt2", "encoder_decoder"):
         assert 0 <= results[system]["bleu"] <= 100 and 0 <= results[system]["chrf"] <= 100
         assert len((tmp_path / f"{system}.hyp.txt").read_text(encoding="utf-8").splitlines()) == 6

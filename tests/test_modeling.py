@@ -166,6 +166,38 @@ def test_right_and_left_padding_give_each_row_its_own_result(tiny_model):
         torch.testing.assert_close(out.cache.get_state(1)[1][0], state_short[1][0], rtol=0, atol=1e-6)
 
 
+def test_right_padded_training_runs_unpacked_and_equals_left_padded(monkeypatch):
+    """Training on right padding (no state returned) runs the fused kernel on the whole rectangle, without packing;
+    the loss and every gradient equal those of the same rows left-padded (which go through packing), within 1e-5."""
+    from modeling_lstmlm import layer_lstmlm
+
+    packs = []
+    real_pack = layer_lstmlm.pack_padded_sequence
+    monkeypatch.setattr(layer_lstmlm, "pack_padded_sequence", lambda *a, **k: packs.append(1) or real_pack(*a, **k))
+    rows = [_ids(batch=1, seq=n, seed=n)[0].tolist() for n in (7, 3, 5)]
+    width = max(map(len, rows))
+    results = {}
+    for side in ("right", "left"):
+        fill = [[1] * (width - len(row)) for row in rows]
+        ids = torch.tensor([row + pad if side == "right" else pad + row for row, pad in zip(rows, fill)])
+        mask = torch.tensor([[int(t != 1) for t in row] for row in ids.tolist()])
+        model = _model(embedding_dropout=0.0, hidden_dropout=0.0, output_dropout=0.0, weight_dropout=0.0).train()
+        packs.clear()
+        # Labels on the real tokens after the first (left padding would otherwise score the first from a pad).
+        first = torch.arange(width) == (mask == 0).sum(dim=1, keepdim=True) * (side == "left")
+        labels = ids.masked_fill((mask == 0) | first, -100)
+        out = model(ids, attention_mask=mask, labels=labels, output_hidden_states=True)
+        out.loss.backward()
+        assert len(packs) == (0 if side == "right" else 2), side  # one per layer on the packed path
+        for hidden in out.hidden_states[1:]:  # zero at every padded position, after every layer
+            assert hidden[mask == 0].abs().max() == 0
+        grads = {name: p.grad for name, p in model.named_parameters()}
+        results[side] = (out.loss.detach(), grads)
+    torch.testing.assert_close(results["right"][0], results["left"][0], rtol=0, atol=1e-5)
+    for name, grad in results["right"][1].items():
+        torch.testing.assert_close(grad, results["left"][1][name], rtol=1e-4, atol=1e-5, msg=name)
+
+
 def test_all_padding_row_keeps_its_state(tiny_model):
     ids = _ids(seq=5)
     first = tiny_model(ids, use_cache=True)
