@@ -282,9 +282,9 @@ def test_bench_classification_smoke(tmp_path):
 
 def test_bench_translation_smoke(tmp_path):
     pytest.importorskip("sacrebleu")
-    _bench("bench_translation.py", "--smoke", "--lstm_reverse_source", "--lstm_dropout", "0.1", "--output_dir", tmp_path)
+    _bench("bench_translation.py", "--smoke", "--no-lstm_reverse_source", "--lstm_dropout", "0.1", "--output_dir", tmp_path)
     results = json.loads((tmp_path / "results.json").read_text())
-    assert results["args"]["lstm_reverse_source"] is True and results["args"]["lstm_dropout"] == 0.1
+    assert results["args"]["lstm_reverse_source"] is False and results["args"]["lstm_dropout"] == 0.1
     for system in ("lstm", "gpt2", "encoder_decoder"):
         assert 0 <= results[system]["bleu"] <= 100 and 0 <= results[system]["chrf"] <= 100
         assert len((tmp_path / f"{system}.hyp.txt").read_text(encoding="utf-8").splitlines()) == 6
