@@ -113,7 +113,8 @@ def main(argv=None):
         f"{args.batch_size} rows of {args.min_length}-{args.max_length} tokens ({tokens} real of "
         f"{args.batch_size * args.max_length}), {args.steps} steps x {args.repeats} repeats, median"
     )
-    print(f"loss before training (eval mode): right-padded {first_loss['right']:.6f}, left-padded {first_loss['left']:.6f}")
+    right, left = first_loss["right"], first_loss["left"]
+    print(f"loss before training (eval mode): right-padded {right:.6f}, left-padded {left:.6f}")
     median = {side: statistics.median(t) for side, t in times.items()}
     print("| padding | path | s/step | real tokens/s |")
     print("|---|---|---|---|")

@@ -66,7 +66,7 @@ def parse_args(argv=None):
     p.add_argument("--lstm_lr", type=float, default=3e-3)
     # The LSTM's defaults: the best validation loss of four 50-minute en-de runs (docs/applications.md).
     p.add_argument("--lstm_dropout", type=float, default=0.0, help="The LSTM's hidden and output dropout.")
-    p.add_argument("--lstm_weight_dropout", type=float, default=0.0, help="DropConnect on the LSTM's recurrent weights.")
+    p.add_argument("--lstm_weight_dropout", type=float, default=0.0, help="DropConnect on the recurrent weights.")
     p.add_argument("--lstm_embedding_dropout", type=float, default=0.0)
     p.add_argument(
         "--lstm_reverse_source",
@@ -263,7 +263,9 @@ def run_system(spec: dict) -> dict:
     sources = [s for s, _ in pairs["test"]]
     references = [t for _, t in pairs["test"]]
     start = time.monotonic()
-    hypotheses = translate(model, tokenizer, sources, num_beams=spec["num_beams"], batch_size=16, reverse_source=reverse)
+    hypotheses = translate(
+        model, tokenizer, sources, num_beams=spec["num_beams"], batch_size=16, reverse_source=reverse
+    )
     decode_seconds = time.monotonic() - start
     (out / f"{system}.hyp.txt").write_text("\n".join(h.replace("\n", " ") for h in hypotheses) + "\n", encoding="utf-8")
     scores = score_translations(hypotheses, references)

@@ -96,8 +96,8 @@ def expected_duration(args: argparse.Namespace) -> str:
         return f"Training {args.max_steps} steps of {args.recipe.name}"
     return (
         f"Training {args.max_steps} steps: expect about {args.max_steps / STEPS_PER_MINUTE:.1f} min of training on 2 "
-        "idle CPU cores, plus about 1 min of tokenizing, evaluation and saving (a busy machine takes longer and prints the "
-        "same result)"
+        "idle CPU cores, plus about 1 min of tokenizing, evaluation and saving (a busy machine takes longer and prints "
+        "the same result)"
     )
 
 

@@ -224,7 +224,7 @@ def test_translate_decoder_only_batch_equals_one_by_one():
     assert batched == single and batched[0] != batched[1]  # left padding changes nothing
     # reverse_source: the prompts are the reversed encoding, in translation as in training.
     reversed_out = translate(model, tokenizer, sources, num_beams=2, max_new_tokens=6, reverse_source=True)
-    for source, hypothesis in zip(sources, reversed_out):
+    for source, hypothesis in zip(sources, reversed_out, strict=True):
         prompt = torch.tensor([encode_decoder_only(tokenizer, source, reverse_source=True)["input_ids"]])
         ids = model.generate(prompt, num_beams=2, max_new_tokens=6, early_stopping=True, do_sample=False)
         assert hypothesis == tokenizer.decode(ids[0, prompt.shape[1] :], skip_special_tokens=True).strip()
@@ -282,7 +282,8 @@ def test_bench_classification_smoke(tmp_path):
 
 def test_bench_translation_smoke(tmp_path):
     pytest.importorskip("sacrebleu")
-    _bench("bench_translation.py", "--smoke", "--no-lstm_reverse_source", "--lstm_dropout", "0.1", "--output_dir", tmp_path)
+    options = ("--no-lstm_reverse_source", "--lstm_dropout", "0.1")
+    _bench("bench_translation.py", "--smoke", *options, "--output_dir", tmp_path)
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["args"]["lstm_reverse_source"] is False and results["args"]["lstm_dropout"] == 0.1
     for system in ("lstm", "gpt2", "encoder_decoder"):

@@ -179,7 +179,7 @@ def test_right_padded_training_runs_unpacked_and_equals_left_padded(monkeypatch)
     results = {}
     for side in ("right", "left"):
         fill = [[1] * (width - len(row)) for row in rows]
-        ids = torch.tensor([row + pad if side == "right" else pad + row for row, pad in zip(rows, fill)])
+        ids = torch.tensor([row + pad if side == "right" else pad + row for row, pad in zip(rows, fill, strict=True)])
         mask = torch.tensor([[int(t != 1) for t in row] for row in ids.tolist()])
         model = _model(embedding_dropout=0.0, hidden_dropout=0.0, output_dropout=0.0, weight_dropout=0.0).train()
         packs.clear()
