@@ -34,6 +34,14 @@ if importlib.util.find_spec("modeling_lstmlm") is None:  # a checkout without `p
 DEFAULT_LSTM = {"vocab_size": 8192, "hidden_size": 512, "num_hidden_layers": 2}
 
 
+def add_model_arguments(parser) -> None:
+    """The options every generation benchmark takes for its prompt and its LSTM's shape."""
+    parser.add_argument("--prompt_len", type=int, default=16, help="prompt length in tokens")
+    parser.add_argument("--hidden_size", type=int, default=DEFAULT_LSTM["hidden_size"], help="LSTM hidden size")
+    parser.add_argument("--num_layers", type=int, default=DEFAULT_LSTM["num_hidden_layers"], help="LSTM layers")
+    parser.add_argument("--vocab_size", type=int, default=DEFAULT_LSTM["vocab_size"], help="vocabulary size")
+
+
 # ---------------------------------------------------------------- machine facts and tables
 
 

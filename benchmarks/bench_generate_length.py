@@ -18,8 +18,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _generate_common import (  # noqa: E402
-    DEFAULT_LSTM,
     REPO_ROOT,
+    add_model_arguments,
     machine_facts,
     measure_memory,
     measure_times,
@@ -35,10 +35,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--lengths", type=int, nargs="+", default=[64, 256], help="new-token counts (first: base)")
     parser.add_argument("--full", action="store_true", help="the issue's sizes: --lengths 64 1024")
     parser.add_argument("--batch", type=int, default=1, help="batch size")
-    parser.add_argument("--prompt_len", type=int, default=16, help="prompt length in tokens")
-    parser.add_argument("--hidden_size", type=int, default=DEFAULT_LSTM["hidden_size"], help="LSTM hidden size")
-    parser.add_argument("--num_layers", type=int, default=DEFAULT_LSTM["num_hidden_layers"], help="LSTM layers")
-    parser.add_argument("--vocab_size", type=int, default=DEFAULT_LSTM["vocab_size"], help="vocabulary size")
+    add_model_arguments(parser)
     parser.add_argument("--threads", type=int, default=1, help="torch threads in each measuring process")
     parser.add_argument(
         "--repeats", type=int, default=3, help="timed runs of each length per process (round-robin, after one warm-up)"

@@ -19,8 +19,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _generate_common import (  # noqa: E402
-    DEFAULT_LSTM,
     REPO_ROOT,
+    add_model_arguments,
     build_lstm,
     count_parameters,
     machine_facts,
@@ -35,10 +35,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lengths", type=int, nargs="+", default=[256, 1024], help="new-token counts")
     parser.add_argument("--full", action="store_true", help="the issue's sizes: --lengths 1024 4096")
-    parser.add_argument("--prompt_len", type=int, default=16, help="prompt length in tokens")
-    parser.add_argument("--hidden_size", type=int, default=DEFAULT_LSTM["hidden_size"], help="LSTM hidden size")
-    parser.add_argument("--num_layers", type=int, default=DEFAULT_LSTM["num_hidden_layers"], help="LSTM layers")
-    parser.add_argument("--vocab_size", type=int, default=DEFAULT_LSTM["vocab_size"], help="vocabulary size")
+    add_model_arguments(parser)
     parser.add_argument(
         "--gpt2_n_layer", type=int, default=None, help="fix GPT-2's depth (default: the closest parameter count)"
     )

@@ -26,8 +26,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _generate_common import (  # noqa: E402
-    DEFAULT_LSTM,
     REPO_ROOT,
+    add_model_arguments,
     machine_facts,
     measure_times,
     print_facts,
@@ -49,10 +49,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--batch_sizes", type=int, nargs="+", default=[1, 8], help="batch sizes to measure")
     parser.add_argument("--new_tokens", type=int, default=64, help="new tokens per row (the issue: 256)")
     parser.add_argument("--full", action="store_true", help="the issue's size: --new_tokens 256")
-    parser.add_argument("--prompt_len", type=int, default=16, help="prompt length in tokens")
-    parser.add_argument("--hidden_size", type=int, default=DEFAULT_LSTM["hidden_size"], help="LSTM hidden size")
-    parser.add_argument("--num_layers", type=int, default=DEFAULT_LSTM["num_hidden_layers"], help="LSTM layers")
-    parser.add_argument("--vocab_size", type=int, default=DEFAULT_LSTM["vocab_size"], help="vocabulary size")
+    add_model_arguments(parser)
     parser.add_argument("--threads", type=int, default=1, help="torch threads in each measuring process")
     parser.add_argument(
         "--repeats", type=int, default=3, help="timed runs of each method per process (round-robin, after one warm-up)"

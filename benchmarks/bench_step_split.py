@@ -22,7 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _generate_common import (  # noqa: E402
-    DEFAULT_LSTM,
+    add_model_arguments,
     build_lstm,
     loop_modules,
     machine_facts,
@@ -35,10 +35,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch_sizes", type=int, nargs="+", default=[1, 8], help="batch sizes to measure")
     parser.add_argument("--new_tokens", type=int, default=256, help="new tokens per row")
-    parser.add_argument("--prompt_len", type=int, default=16, help="prompt length in tokens")
-    parser.add_argument("--hidden_size", type=int, default=DEFAULT_LSTM["hidden_size"], help="LSTM hidden size")
-    parser.add_argument("--num_layers", type=int, default=DEFAULT_LSTM["num_hidden_layers"], help="LSTM layers")
-    parser.add_argument("--vocab_size", type=int, default=DEFAULT_LSTM["vocab_size"], help="vocabulary size")
+    add_model_arguments(parser)
     parser.add_argument("--rounds", type=int, default=8, help="interleaved timed runs of each method")
     return parser.parse_args(argv)
 
