@@ -316,7 +316,8 @@ class LSTMLMModel(LSTMLMPreTrainedModel):
         # Right padding with no state to return (training, `use_cache=False`): padding comes after every real token,
         # so it cannot change a real position's output; the layers then run the fused kernel on the whole rectangle
         # (a packed training step costs 1.4x a fused one on CPU: bench_padded_training.py); padding is zeroed after.
-        layer_mask = None if right_padded and cache is None else mask
+        unpacked = right_padded and cache is None
+        layer_mask = None if unpacked else mask
 
         # One loop for every path (training, prompts, decoding steps): each layer decides how to run its recurrence.
         variational = config.variational_dropout
@@ -328,7 +329,7 @@ class LSTMLMModel(LSTMLMPreTrainedModel):
             hidden, (h, c) = layer(hidden, state, layer_mask)  # (batch, seq, hidden)
             if cache is not None:
                 cache.set_state(layer_idx, h, c)
-            if layer_mask is not mask:
+            if unpacked:
                 hidden = hidden * mask[..., None]
             if layer_idx < last:
                 hidden = _dropout(hidden, config.hidden_dropout, self.training, variational)
