@@ -66,13 +66,73 @@ class LSTMLMCache(DynamicCache):
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return self.seen_tokens
 
+    # ------------------------------------------------------------ rollback (assisted decoding, prompt lookup)
+    # transformers (5.25 and later) verifies draft tokens in one forward and then `crop`s the rejected ones off the
+    # cache. A recurrent state cannot drop tokens, so while recording the model keeps the state as it was before each
+    # of the last `recording_steps` tokens it reads (`record`), and `crop` restores one of those.
+
+    def activate_past_recording(self, recurrent_states_to_keep: int | None = None, **kwargs) -> None:
+        """Keep the state before each of the last `recurrent_states_to_keep` tokens of every forward (at least 1)."""
+        for slot in self.layers:
+            slot.record_past = True
+            slot.recurrent_states_to_keep = max(1, recurrent_states_to_keep or 1)
+        self._history = []
+
+    @property
+    def recording_steps(self) -> int:
+        """How many trailing tokens of a forward must be read one at a time and recorded (0: not recording)."""
+        slot = self.layers[0] if self.layers else None
+        if slot is None or not getattr(slot, "record_past", False):
+            return 0
+        return slot.recurrent_states_to_keep
+
+    def record(self) -> None:
+        """Keep a copy of the current state (and `seen_tokens`), to which `crop` can go back."""
+        states = [
+            None if self.get_state(i) is None else self.layers[i].recurrent_states[0].clone()
+            for i in range(len(self.layers))
+        ]
+        self._history.append((self.seen_tokens, states))
+
+    def crop(self, tokens_to_remove: int) -> None:
+        """Drop the newest `-tokens_to_remove` tokens (a negative count, as transformers 5.25 passes it; 0 only
+        forgets the record), going back to the state recorded before them.
+
+        Only positions recorded since `activate_past_recording` or the last `crop` can be restored.
+        """
+        if tokens_to_remove > 0:
+            raise ValueError(
+                f"`crop` takes the number of tokens to remove as a negative integer, got {tokens_to_remove}"
+            )
+        target = self.seen_tokens + tokens_to_remove
+        history, self._history = getattr(self, "_history", []), []
+        if target == self.seen_tokens:
+            return
+        for seen, states in history:
+            if seen == target:
+                for layer_idx, state in enumerate(states):
+                    slot = self.layers[layer_idx]
+                    slot.recurrent_states[0] = state
+                    slot.is_recurrent_states_initialized[0] = slot.has_previous_state[0] = state is not None
+                self.seen_tokens = target
+                return
+        recorded = sorted({seen for seen, _ in history})
+        raise ValueError(
+            f"Cannot roll the recurrent state back by {-tokens_to_remove} tokens (from {self.seen_tokens} read to "
+            f"{target}): only the positions recorded since `activate_past_recording` or the last `crop` can be "
+            f"restored, here {recorded}"
+        )
+
     def reset(self) -> None:
-        """Forget everything: the states, `seen_tokens` and the beam-search mark (the next use starts from zero)."""
+        """Forget everything: the states, `seen_tokens`, the recording and the beam-search mark (the next use starts
+        from zero)."""
         for slot in self.layers:
             slot.recurrent_states[0] = None
             slot.is_recurrent_states_initialized[0] = slot.has_previous_state[0] = False
+            slot.record_past = False
         self.seen_tokens = 0
         self.from_beam_search = False
+        self._history = []
 
 
 _CACHE_ALIASES = ("past_key_values", "cache_params")
@@ -160,6 +220,23 @@ class LSTMLMGenerationMixin(GenerationMixin):
             return
         # A fixed-size state: "static" and "dynamic" are the same object (its slots are updated in place).
         model_kwargs["cache"] = LSTMLMCache(config=self.config)
+        if getattr(generation_config, "is_assistant", False):
+            # The draft model of assisted decoding: its rejected tokens are cropped off after each round.
+            model_kwargs["cache"].activate_past_recording(
+                recurrent_states_to_keep=generation_config.num_assistant_tokens
+            )
+
+    def _assisted_decoding(self, *args, **kwargs):
+        """Assisted decoding and prompt lookup (transformers 5.25+): the model records the state before each draft
+        token so that the rejected ones can be cropped; the returned cache stops recording."""
+        try:
+            return super()._assisted_decoding(*args, **kwargs)
+        finally:
+            cache = kwargs.get("cache")
+            if isinstance(cache, LSTMLMCache):
+                for slot in cache.layers:
+                    slot.record_past = False
+                cache._history = []
 
     def _beam_search(self, *args, **kwargs):
         """Beam search, after which the cache is marked: its rows are the beams, not the returned sequences, so

@@ -273,6 +273,10 @@ class LSTMLMModel(LSTMLMPreTrainedModel):
         """
         if kwargs:
             cache = _cache_argument(cache, kwargs, "LSTMLMModel.forward")
+        if cache is not None and getattr(cache, "recording_steps", 0) and not self.training:
+            return self._forward_recording(
+                input_ids, attention_mask, inputs_embeds, cache, output_hidden_states, return_dict
+            )
         if (
             cache is not None
             and input_ids is not None
@@ -365,6 +369,52 @@ class LSTMLMModel(LSTMLMPreTrainedModel):
             hidden_states=all_hidden_states,
             regularization_loss=regularization_loss,
         )
+
+    def _forward_recording(self, input_ids, attention_mask, inputs_embeds, cache, output_hidden_states, return_dict):
+        """The forward while the cache records (assisted decoding, prompt lookup): the last `cache.recording_steps`
+        tokens are read one at a time, the state kept before each, so that `cache.crop` can drop rejected drafts."""
+        tokens = input_ids if input_ids is not None else inputs_embeds
+        if tokens is None:
+            raise ValueError("You must specify exactly one of `input_ids` or `inputs_embeds`")
+        seq_len = tokens.shape[1]
+        split = max(seq_len - cache.recording_steps, 0)
+        pieces = ([(0, split)] if split else []) + [(t, t + 1) for t in range(split, seq_len)]
+        steps, outputs = cache.recording_steps, []
+        for slot in cache.layers:  # the pieces below are ordinary forwards
+            slot.record_past = False
+        try:
+            for start, end in pieces:
+                if start >= split:
+                    cache.record()
+                mask = None
+                if attention_mask is not None:
+                    mask = attention_mask[:, : attention_mask.shape[1] - (seq_len - end)]
+                outputs.append(
+                    self.forward(
+                        input_ids=None if input_ids is None else input_ids[:, start:end],
+                        inputs_embeds=None if inputs_embeds is None else inputs_embeds[:, start:end],
+                        attention_mask=mask,
+                        cache=cache,
+                        use_cache=True,
+                        output_hidden_states=output_hidden_states,
+                        return_dict=True,
+                    )
+                )
+        finally:
+            for slot in cache.layers:
+                slot.record_past = True
+                slot.recurrent_states_to_keep = steps
+        hidden_states = None
+        if outputs[0].hidden_states is not None:
+            hidden_states = tuple(
+                torch.cat(per_layer, dim=1) for per_layer in zip(*(o.hidden_states for o in outputs), strict=True)
+            )
+        output = LSTMLMModelOutput(
+            last_hidden_state=torch.cat([o.last_hidden_state for o in outputs], dim=1),
+            cache=cache,
+            hidden_states=hidden_states,
+        )
+        return output if (return_dict if return_dict is not None else self.config.return_dict) else output.to_tuple()
 
     @staticmethod
     def _prepare_mask(attention_mask, batch_size: int, seq_len: int) -> tuple[torch.Tensor | None, bool]:

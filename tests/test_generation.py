@@ -15,7 +15,9 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+import transformers
 from conftest import REPO_ROOT, make_tiny_config
+from packaging import version
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
@@ -435,18 +437,26 @@ def test_resume_errors_name_the_problem(model):
 # ---------------------------------------------------------------- refused modes
 
 
+# transformers 5.24 refuses assisted decoding for every stateful model; 5.25 verifies the drafts and `crop`s the cache.
+CROPS_RECURRENT_STATES = version.parse(transformers.__version__) >= version.parse("5.25")
+REFUSED_BEFORE_5_25 = [
+    pytest.param({"prompt_lookup_num_tokens": 3}, "not supported with stateful models", id="prompt-lookup"),
+    pytest.param({"assistant_model": "self"}, "not supported with stateful models", id="assisted"),
+]
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"prompt_lookup_num_tokens": 3}, "not supported with stateful models"),
-        ({"assistant_model": "self"}, "not supported with stateful models"),
-        ({"cache": "dynamic"}, "`cache` must be an LSTMLMCache"),
-        ({"cache_implementation": "offloaded"}, "`cache_implementation='offloaded'` is not supported"),
-        ({"cache_implementation": "paged"}, "`cache_implementation='paged'` is not supported"),
-        ({"prefill_chunk_size": 2}, "`prefill_chunk_size` is not supported"),
-        ({"output_attentions": True, "return_dict_in_generate": True}, "has no attention"),
+        *([] if CROPS_RECURRENT_STATES else REFUSED_BEFORE_5_25),
+        pytest.param({"cache": "dynamic"}, "`cache` must be an LSTMLMCache", id="dynamic-cache"),
+        pytest.param(
+            {"cache_implementation": "offloaded"}, "`cache_implementation='offloaded'` is not supported", id="offloaded"
+        ),
+        pytest.param({"cache_implementation": "paged"}, "`cache_implementation='paged'` is not supported", id="paged"),
+        pytest.param({"prefill_chunk_size": 2}, "`prefill_chunk_size` is not supported", id="chunked-prefill"),
+        pytest.param({"output_attentions": True, "return_dict_in_generate": True}, "has no attention", id="attentions"),
     ],
-    ids=["prompt-lookup", "assisted", "dynamic-cache", "offloaded", "paged", "chunked-prefill", "attentions"],
 )
 def test_modes_that_cannot_work_on_a_recurrent_state_raise(model, kwargs, message):
     kwargs = dict(kwargs)
@@ -456,6 +466,76 @@ def test_modes_that_cannot_work_on_a_recurrent_state_raise(model, kwargs, messag
         kwargs["cache"] = DynamicCache(config=model.config)
     with pytest.raises(ValueError, match=message):
         model.generate(prompts(batch=1, seq=5), max_new_tokens=4, **kwargs)
+
+
+# ---------------------------------------------------------------- assisted decoding and prompt lookup
+
+REPEATING_PROMPT = torch.tensor([[5, 6, 7, 8, 9, 5, 6, 7, 8, 9, 5, 6]])  # prompt lookup finds n-grams to draft from
+
+
+@pytest.mark.skipif(not CROPS_RECURRENT_STATES, reason="transformers < 5.25 refuses assisted decoding (tested above)")
+@pytest.mark.parametrize("draft", ["prompt-lookup", "self-assisted", "other-assisted"])
+def test_assisted_decoding_and_prompt_lookup_give_the_greedy_ids(model, draft):
+    expected = model.generate(REPEATING_PROMPT, max_new_tokens=30, do_sample=False)
+    new = expected[0, REPEATING_PROMPT.shape[1] :].tolist()
+    assert len(set(new)) >= 5  # the reference does not collapse onto one token
+    kwargs = {
+        "prompt-lookup": {"prompt_lookup_num_tokens": 3},
+        "self-assisted": {"assistant_model": model},
+        "other-assisted": {"assistant_model": lively_model(seed=3)},
+    }[draft]
+    with FedTokens(model) as fed:
+        out = model.generate(
+            REPEATING_PROMPT, max_new_tokens=30, do_sample=False, return_dict_in_generate=True, **kwargs
+        )
+    assert out.sequences.tolist() == expected.tolist()
+    # The drafts were verified several tokens per forward (and rejected ones rolled back), not one token a step.
+    assert max(fed.lengths[1:]) > 1
+    if draft == "prompt-lookup":  # accepted drafts: fewer forwards than new tokens (the models draft one-token steps)
+        assert len(fed.lengths) < 30
+    # The returned cache has read every token but the last and no longer records: it resumes like any other.
+    assert out.cache.seen_tokens == out.sequences.shape[1] - 1 and out.cache.recording_steps == 0
+    resumed = model.generate(out.sequences, cache=out.cache, max_new_tokens=5, do_sample=False)
+    assert resumed.tolist() == model.generate(REPEATING_PROMPT, max_new_tokens=35, do_sample=False).tolist()
+
+
+@pytest.mark.skipif(not CROPS_RECURRENT_STATES, reason="transformers < 5.25 refuses assisted decoding (tested above)")
+def test_prompt_lookup_sampling_runs_and_respects_the_length(model):
+    torch.manual_seed(0)
+    out = model.generate(REPEATING_PROMPT, max_new_tokens=12, do_sample=True, prompt_lookup_num_tokens=3)
+    assert out.shape == (1, REPEATING_PROMPT.shape[1] + 12)
+    assert out[0, : REPEATING_PROMPT.shape[1]].tolist() == REPEATING_PROMPT[0].tolist()
+
+
+@torch.no_grad()
+def test_cache_crop_restores_the_recorded_state_and_refuses_the_rest(model):
+    ids = prompts(batch=1, seq=8, seed=4)
+    cache = LSTMLMCache(config=model.config)
+    model(ids[:, :3], cache=cache, use_cache=True)
+    cache.activate_past_recording(recurrent_states_to_keep=4)
+    recorded = model(ids[:, 3:], cache=cache, use_cache=True).logits  # 5 tokens: the last 4 recorded one by one
+    assert cache.seen_tokens == 8 and cache.recording_steps == 4
+    plain = model(ids, use_cache=False).logits
+    torch.testing.assert_close(recorded, plain[:, 3:], rtol=1e-4, atol=1e-4)
+
+    cache.crop(-3)  # back to the state after 5 tokens
+    assert cache.seen_tokens == 5
+    with pytest.raises(ValueError, match="only the positions recorded since"):
+        cache.crop(-1)  # `crop` forgets the record: nothing older can be restored until the next forward records
+    fresh = LSTMLMCache(config=model.config)
+    model(ids[:, :5], cache=fresh, use_cache=True)
+    for layer_idx in range(model.config.num_hidden_layers):
+        for got, want in zip(cache.get_state(layer_idx), fresh.get_state(layer_idx), strict=True):
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    resumed = model(ids[:, 5:], cache=cache, use_cache=True).logits
+    torch.testing.assert_close(resumed, plain[:, 5:], rtol=1e-4, atol=1e-4)
+
+    with pytest.raises(ValueError, match="as a negative integer, got 2"):
+        cache.crop(2)
+    cache.crop(0)  # nothing to remove: a no-op
+    assert cache.seen_tokens == 8
+    cache.reset()
+    assert cache.recording_steps == 0 and cache.seen_tokens == 0 and cache.get_state(0) is None
 
 
 # ---------------------------------------------------------------- config.use_cache=False (what the Trainer saves)
