@@ -40,6 +40,7 @@ class LSTMLMCache(DynamicCache):
         super().__init__(config=config, **kwargs)
         self.seen_tokens = 0
         self.from_beam_search = False  # set by beam search: the rows are beams, not the returned sequences
+        self._history = []  # (seen_tokens, per-layer states) recorded for `crop` (see `activate_past_recording`)
 
     def get_state(self, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor] | None:
         """The `(h, c)` of layer `layer_idx`, each `(batch, hidden_size)` (views of the slot), or None before the
@@ -105,7 +106,7 @@ class LSTMLMCache(DynamicCache):
                 f"`crop` takes the number of tokens to remove as a negative integer, got {tokens_to_remove}"
             )
         target = self.seen_tokens + tokens_to_remove
-        history, self._history = getattr(self, "_history", []), []
+        history, self._history = self._history, []
         if target == self.seen_tokens:
             return
         for seen, states in history:

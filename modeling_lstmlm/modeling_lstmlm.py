@@ -371,13 +371,16 @@ class LSTMLMModel(LSTMLMPreTrainedModel):
         )
 
     def _forward_recording(self, input_ids, attention_mask, inputs_embeds, cache, output_hidden_states, return_dict):
-        """The forward while the cache records (assisted decoding, prompt lookup): the last `cache.recording_steps`
-        tokens are read one at a time, the state kept before each, so that `cache.crop` can drop rejected drafts."""
+        """The forward while the cache records (assisted decoding, prompt lookup): the tokens are read one at a time
+        (of a prompt, the last `cache.recording_steps`), the state kept before each, so that `cache.crop` can drop
+        rejected drafts."""
         tokens = input_ids if input_ids is not None else inputs_embeds
         if tokens is None:
             raise ValueError("You must specify exactly one of `input_ids` or `inputs_embeds`")
         seq_len = tokens.shape[1]
-        split = max(seq_len - cache.recording_steps, 0)
+        # After the prompt every token is recorded: a draft can outgrow the count given at the start (transformers'
+        # "heuristic" schedule lengthens the drafts as they get accepted).
+        split = max(seq_len - cache.recording_steps, 0) if cache.seen_tokens == 0 else 0
         pieces = ([(0, split)] if split else []) + [(t, t + 1) for t in range(split, seq_len)]
         steps, outputs = cache.recording_steps, []
         for slot in cache.layers:  # the pieces below are ordinary forwards

@@ -500,6 +500,20 @@ def test_assisted_decoding_and_prompt_lookup_give_the_greedy_ids(model, draft):
 
 
 @pytest.mark.skipif(not CROPS_RECURRENT_STATES, reason="transformers < 5.25 refuses assisted decoding (tested above)")
+def test_assisted_decoding_with_growing_drafts_gives_the_greedy_ids(model):
+    expected = model.generate(REPEATING_PROMPT, max_new_tokens=40, do_sample=False)
+    assistants = (lively_model(), lively_model(seed=3))  # the same weights (every draft accepted), others
+    for assistant in assistants:
+        assistant.generation_config.num_assistant_tokens_schedule = "heuristic"  # +2 a round while all are accepted
+        assistant.generation_config.num_assistant_tokens = 2
+        out = model.generate(REPEATING_PROMPT, max_new_tokens=40, do_sample=False, assistant_model=assistant)
+        assert out.tolist() == expected.tolist()
+    # The drafts outgrew the 2 tokens the main model's cache was told to keep at the start (rolling back past that
+    # count: the crop test below).
+    assert assistants[0].generation_config.num_assistant_tokens > 10
+
+
+@pytest.mark.skipif(not CROPS_RECURRENT_STATES, reason="transformers < 5.25 refuses assisted decoding (tested above)")
 def test_prompt_lookup_sampling_runs_and_respects_the_length(model):
     torch.manual_seed(0)
     out = model.generate(REPEATING_PROMPT, max_new_tokens=12, do_sample=True, prompt_lookup_num_tokens=3)
@@ -536,6 +550,16 @@ def test_cache_crop_restores_the_recorded_state_and_refuses_the_rest(model):
     assert cache.seen_tokens == 8
     cache.reset()
     assert cache.recording_steps == 0 and cache.seen_tokens == 0 and cache.get_state(0) is None
+
+    # After the prompt, every token of a forward is recorded, beyond `recurrent_states_to_keep` (drafts can grow).
+    model(ids[:, :3], cache=cache, use_cache=True)
+    cache.activate_past_recording(recurrent_states_to_keep=1)
+    model(ids[:, 3:], cache=cache, use_cache=True)
+    cache.crop(-5)
+    fresh = LSTMLMCache(config=model.config)
+    model(ids[:, :3], cache=fresh, use_cache=True)
+    assert cache.seen_tokens == 3
+    torch.testing.assert_close(cache.get_state(1)[1], fresh.get_state(1)[1], rtol=1e-5, atol=1e-5)
 
 
 # ---------------------------------------------------------------- config.use_cache=False (what the Trainer saves)
