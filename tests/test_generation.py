@@ -718,3 +718,21 @@ def test_chat_script_smoke_with_piped_stdin(tmp_path):
     for reply in transcript["messages"][1::2]:
         assert reply["content"] in result.stdout  # streamed to the terminal
     assert json.loads((tmp_path / "args.json").read_text())["smoke"] is True
+
+
+@needs_tokenizer
+@pytest.mark.skipif(not CROPS_RECURRENT_STATES, reason="transformers < 5.25 refuses prompt lookup")
+def test_prompt_lookup_benchmark_checks_the_ids_and_reports_each_method(tmp_path):
+    tokenizer = AutoTokenizer.from_pretrained(TOKENIZER_DIR)
+    model = lively_model(vocab_size=len(tokenizer), hidden_size=16, embedding_size=16)
+    model.save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    bench = REPO_ROOT / "benchmarks" / "bench_prompt_lookup.py"
+    args = ["--model", str(tmp_path / "model"), "--prompts", "2", "--prompt_tokens", "32", "--new_tokens", "12"]
+    args += ["--repeats", "1", "--lookup", "2,4", "--output_dir", str(tmp_path)]
+    result = subprocess.run([sys.executable, str(bench), *args], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]  # the script fails if any method's ids differ from greedy
+    results = json.loads((tmp_path / "prompt_lookup.json").read_text())["results"]
+    assert set(results) == {"greedy", "prompt lookup, k=2", "prompt lookup, k=4"}
+    assert results["greedy"]["new_tokens_per_forward"] == pytest.approx(24 / 22)  # 2 prompts: 1 + 11 forwards each
+    assert all(r["tokens_per_s"] > 0 and r["new_tokens_per_forward"] >= 1 for r in results.values())
