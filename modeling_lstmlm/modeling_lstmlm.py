@@ -382,7 +382,7 @@ class LSTMLMModel(LSTMLMPreTrainedModel):
         # "heuristic" schedule lengthens the drafts as they get accepted).
         split = max(seq_len - cache.recording_steps, 0) if cache.seen_tokens == 0 else 0
         pieces = ([(0, split)] if split else []) + [(t, t + 1) for t in range(split, seq_len)]
-        steps, outputs = cache.recording_steps, []
+        outputs = []
         for slot in cache.layers:  # the pieces below are ordinary forwards
             slot.record_past = False
         try:
@@ -406,7 +406,6 @@ class LSTMLMModel(LSTMLMPreTrainedModel):
         finally:
             for slot in cache.layers:
                 slot.record_past = True
-                slot.recurrent_states_to_keep = steps
         hidden_states = None
         if outputs[0].hidden_states is not None:
             hidden_states = tuple(
