@@ -15,7 +15,7 @@ Prompts: `--prompts` passages of `--prompt_tokens` tokens from the validation li
 lookup runs at batch 1). Every method decodes exactly `--new_tokens` greedy tokens (no eos); the ids must equal plain
 greedy's (checked, the run fails otherwise). Times: the methods interleaved, `--repeats` rounds, the fastest round
 per method; one torch thread by default. Reports tokens/s, the speed-up over plain greedy and the tokens gained per
-forward of the model (1.0 for plain greedy).
+forward of the model (about 1 for plain greedy: the prompt's forward is not counted).
 """
 
 import argparse
