@@ -87,12 +87,15 @@ class LSTMLMCache(DynamicCache):
             return 0
         return slot.recurrent_states_to_keep
 
+    def stop_recording(self) -> None:
+        """End `activate_past_recording`: forwards read their tokens as usual again, and the record is dropped."""
+        for slot in self.layers:
+            slot.record_past = False
+        self._history = []
+
     def record(self) -> None:
         """Keep a copy of the current state (and `seen_tokens`), to which `crop` can go back."""
-        states = [
-            None if self.get_state(i) is None else self.layers[i].recurrent_states[0].clone()
-            for i in range(len(self.layers))
-        ]
+        states = [slot.recurrent_states[0].clone() if slot.has_previous_state[0] else None for slot in self.layers]
         self._history.append((self.seen_tokens, states))
 
     def crop(self, tokens_to_remove: int) -> None:
@@ -130,10 +133,9 @@ class LSTMLMCache(DynamicCache):
         for slot in self.layers:
             slot.recurrent_states[0] = None
             slot.is_recurrent_states_initialized[0] = slot.has_previous_state[0] = False
-            slot.record_past = False
+        self.stop_recording()
         self.seen_tokens = 0
         self.from_beam_search = False
-        self._history = []
 
 
 _CACHE_ALIASES = ("past_key_values", "cache_params")
@@ -235,9 +237,7 @@ class LSTMLMGenerationMixin(GenerationMixin):
         finally:
             cache = kwargs.get("cache")
             if isinstance(cache, LSTMLMCache):
-                for slot in cache.layers:
-                    slot.record_past = False
-                cache._history = []
+                cache.stop_recording()
 
     def _beam_search(self, *args, **kwargs):
         """Beam search, after which the cache is marked: its rows are the beams, not the returned sequences, so
