@@ -48,8 +48,7 @@ class LSTMLMCache(DynamicCache):
         slot = self.layers[layer_idx]
         if not slot.has_previous_state[0]:
             return None
-        state = slot.recurrent_states[0]
-        return state[:, 0], state[:, 1]
+        return slot.recurrent_states[0].unbind(1)
 
     def set_state(self, layer_idx: int, h: torch.Tensor, c: torch.Tensor) -> None:
         """Store layer `layer_idx`'s new `(h, c)`: in place without autograd (the slot keeps its address, as a static

@@ -42,7 +42,6 @@ import time
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.utils import parametrize
 from torch.optim.optimizer import register_optimizer_step_post_hook
 from transformers.utils import logging
 
@@ -98,8 +97,11 @@ def fast_path_allowed(module: nn.Module, *tensors: torch.Tensor) -> bool:
         and not torch.compiler.is_compiling()  # torch.compile, torch.export
         and not module._forward_hooks
         and not module._forward_pre_hooks
-        and getattr(module, "_hf_hook", None) is None
-        and not parametrize.is_parametrized(module)
+        # What `getattr(module, "_hf_hook", None) is None` and `not parametrize.is_parametrized(module)` say, at a
+        # tenth of the cost (a missing attribute goes through nn.Module.__getattr__'s exception): accelerate sets
+        # `_hf_hook` as a plain attribute, parametrizations live in the submodule "parametrizations".
+        and "_hf_hook" not in module.__dict__
+        and "parametrizations" not in module._modules
         and _plain(*tensors)
     )
 
@@ -121,7 +123,7 @@ register_optimizer_step_post_hook(_count_optimizer_step)
 def _key(tensors) -> tuple:
     """What a packed copy is checked against on every call: each weight's address, `_version` (bumped by in-place
     ops, `copy_`, `load_state_dict`) and shape, the thread count, and the process's optimizer steps."""
-    weights = tuple((t.data_ptr(), t._version, tuple(t.shape)) for t in tensors)
+    weights = tuple((t.data_ptr(), t._version, t.shape) for t in tensors if t is not None)
     return weights + (torch.get_num_threads(), _OPTIMIZER_STEPS)
 
 
@@ -226,7 +228,7 @@ class _OrtLinear:
         self.session = _ort_session([node], [("x", in_features)], [("y", out_features)], init)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(self.session.run(None, {"x": x.contiguous().numpy()})[0])
+        return torch.from_numpy(self.session.run(["y"], {"x": x.contiguous().numpy()})[0])
 
 
 class _OrtStep:
@@ -260,7 +262,7 @@ class _OrtStep:
 
     def __call__(self, x, h, c):
         feed = {"x": x.contiguous().numpy(), "h": h.contiguous().numpy(), "c": c.contiguous().numpy()}
-        h, c = self.session.run(None, feed)
+        h, c = self.session.run(["h_out", "c_out"], feed)  # (output names given: run() skips listing them)
         return torch.from_numpy(h), torch.from_numpy(c)
 
 
@@ -345,7 +347,7 @@ def _choose(kind: str, key: tuple, factories: dict, weights: tuple, make_args) -
         except Exception as error:  # noqa: BLE001 - a kernel that cannot be built here is simply not a candidate
             logger.info(f"{kind} kernel {name!r} unavailable: {error}")
     with torch.no_grad():
-        times = _time_candidates(candidates, make_args)
+        times = _time_candidates(candidates, lambda batch: make_args(weights, batch))
     base = times["aten"]
     score = {name: sum(t[b] / base[b] for b in t) for name, t in times.items()}
     best = min(score, key=score.get)
@@ -396,12 +398,13 @@ def _resolve(module: nn.Module, requested: str, kind: str, factories: dict, weig
 
 def _kernel_for(module: nn.Module, kind: str, factories: dict, weights: tuple, make_args):
     """The packed kernel to run for `module` on `weights` (rebuilt if they changed), or None for ATen. Runs on every
-    decoding step: the checks are a few attribute reads and the weights' `data_ptr()` / `_version`."""
+    decoding step: the checks are a few attribute reads and the weights' `data_ptr()` / `_version`. `make_args(weights,
+    batch)` gives the inputs to time the candidates on, when there is a choice to make."""
     slot = module.__dict__.get("_decode_kernel_slot")
     if slot is None:
         slot = module.__dict__["_decode_kernel_slot"] = _KernelSlot()
     requested = getattr(module, "decode_kernel", "auto")
-    key = _key([w for w in weights if w is not None])
+    key = _key(weights)
     if slot.requested != requested or slot.key != key:
         # First call, a new request, or the weights changed: choose again (cached per shape for "auto"), rebuild.
         slot.kernel = None  # free the stale copy before packing a new one
@@ -418,29 +421,31 @@ def lstm_step(layer: nn.Module, x: torch.Tensor, state: tuple[torch.Tensor, torc
     """The new `(h, c)` of one time step through the kernel chosen for `layer`, or None where only the plain path may
     run (see `fast_path_allowed`). `weights` are the layer's `[w_ih, w_hh, b_ih, b_hh]` as its plain step reads them."""
     h, c = state
-    if layer.training or torch.is_grad_enabled() or x.dim() != 2 or not fast_path_allowed(layer, x, h, c, *weights):
+    if x.dim() != 2 or not fast_path_allowed(layer, x, h, c, *weights):
         return None
-    w_ih, w_hh = weights[0], weights[1]
-
-    def make_args(batch):  # a private generator: choosing a kernel never moves the global RNG (sampling stays seeded)
-        generator = torch.Generator().manual_seed(batch)
-        return tuple(torch.randn(batch, n, generator=generator) for n in (w_ih.shape[1], w_hh.shape[1], w_hh.shape[1]))
-
-    kernel = _kernel_for(layer, "LSTM step", _STEP_KERNELS, tuple(weights), make_args)
+    kernel = _kernel_for(layer, "LSTM step", _STEP_KERNELS, weights, _step_args)
     return None if kernel is None else kernel(x, h, c)
+
+
+def _step_args(weights, batch: int) -> tuple[torch.Tensor, ...]:
+    """Random `(x, h, c)` for timing a step kernel on `weights`, from a private generator (choosing a kernel never
+    moves the global RNG, so sampling stays seeded)."""
+    generator = torch.Generator().manual_seed(batch)
+    w_ih, w_hh = weights[0], weights[1]
+    return tuple(torch.randn(batch, n, generator=generator) for n in (w_ih.shape[1], w_hh.shape[1], w_hh.shape[1]))
+
+
+def _linear_args(weights, batch: int) -> tuple[torch.Tensor]:
+    return (torch.randn(batch, weights[0].shape[1], generator=torch.Generator().manual_seed(batch)),)
 
 
 def linear(module: nn.Linear, x: torch.Tensor) -> torch.Tensor | None:
     """`module(x)` for an `nn.Linear` through the kernel chosen for it, or None where only the plain path may run."""
     weight, bias = module.weight, module.bias
     tensors = (x, weight) if bias is None else (x, weight, bias)
-    if module.training or torch.is_grad_enabled() or not fast_path_allowed(module, *tensors):
+    if not fast_path_allowed(module, *tensors):
         return None
-
-    def make_args(batch):
-        return (torch.randn(batch, weight.shape[1], generator=torch.Generator().manual_seed(batch)),)
-
-    kernel = _kernel_for(module, "linear", _LINEAR_KERNELS, (weight, bias), make_args)
+    kernel = _kernel_for(module, "linear", _LINEAR_KERNELS, (weight, bias), _linear_args)
     if kernel is None:
         return None
     shape = x.shape

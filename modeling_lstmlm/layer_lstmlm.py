@@ -95,13 +95,14 @@ class LSTMLMLayer(PackedKernelModule, nn.Module):
             state = (zeros, zeros)
         dtype = state[0].dtype
         if not packed and x.shape[1] == 1 and self.single_step:
-            h, c = self.step(x[:, 0], state)  # (batch, hidden) each
+            h, c = self.step(x.select(1, 0), state)  # (batch, hidden) each
             if mask is not None:  # a padded row keeps its state and outputs zeros
                 keep = mask[:, :1]
                 out = torch.where(keep, h, 0.0)
                 h, c = torch.where(keep, h, state[0]), torch.where(keep, c, state[1])
-                return out[:, None], (h.to(dtype), c.to(dtype))
-            return h[:, None], (h.to(dtype), c.to(dtype))
+                return out.unsqueeze(1), (h.to(dtype), c.to(dtype))
+            out = h.unsqueeze(1)
+            return out, ((h, c) if h.dtype == dtype else (h.to(dtype), c.to(dtype)))
         if packed:
             return self._packed(x, state)
         if torch.is_autocast_enabled(x.device.type):  # the fused kernel takes input and state in the autocast dtype

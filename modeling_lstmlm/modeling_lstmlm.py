@@ -9,7 +9,8 @@ This file travels with every saved model folder as remote code: it imports only 
 generation, kernels, int8; relatively), transformers and torch.
 """
 
-from dataclasses import dataclass
+from collections import OrderedDict
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn.functional as F
@@ -29,8 +30,33 @@ from .layer_lstmlm import LSTMLMLayer
 logger = logging.get_logger(__name__)
 
 
-@dataclass
-class LSTMLMModelOutput(ModelOutput):
+class _Output(ModelOutput):
+    """A `ModelOutput` built in ~2 us instead of ~9 (two are built per generated token): the field names are read once
+    per class (`_output_class`), not on every attribute set. The same object: non-None fields as keys in field order."""
+
+    _FIELD_NAMES: tuple[str, ...] = ()
+
+    def __setattr__(self, name, value):
+        name = self._replace_old_cache_name(name)
+        if value is not None and name in self._FIELD_NAMES:
+            OrderedDict.__setitem__(self, name, value)
+        object.__setattr__(self, name, value)
+
+    def __post_init__(self):
+        values = self.__dict__
+        if isinstance(values[self._FIELD_NAMES[0]], torch.Tensor) or values[self._FIELD_NAMES[0]] is None:
+            return  # `__setattr__` has put every non-None field in
+        super().__post_init__()  # ModelOutput's other forms (a first field that is an iterable of pairs, ...)
+
+
+def _output_class(cls):
+    cls = dataclass(cls)
+    cls._FIELD_NAMES = tuple(f.name for f in fields(cls))
+    return cls
+
+
+@_output_class
+class LSTMLMModelOutput(_Output):
     """
     Output of the LSTM backbone.
 
@@ -52,8 +78,8 @@ class LSTMLMModelOutput(ModelOutput):
     regularization_loss: torch.FloatTensor | None = None
 
 
-@dataclass
-class LSTMLMCausalLMOutput(ModelOutput):
+@_output_class
+class LSTMLMCausalLMOutput(_Output):
     """
     Output of the LSTM language model.
 
@@ -512,7 +538,9 @@ class LSTMLMForCausalLM(LSTMLMPreTrainedModel, LSTMLMGenerationMixin):
             output_hidden_states=output_hidden_states,
             return_dict=True,
         )
-        hidden = slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep)
+        hidden = outputs.last_hidden_state
+        if not isinstance(logits_to_keep, int) or 0 < logits_to_keep < hidden.shape[1]:  # (a decoding step: all kept)
+            hidden = slice_logits_to_keep(hidden, logits_to_keep)
         logits = self.lm_head(hidden)  # (batch, kept, vocab)
 
         loss = None

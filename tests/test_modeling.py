@@ -70,6 +70,52 @@ def test_return_dict_false_gives_tuples(tiny_model):
     assert len(logits_only) == 1 and torch.equal(logits_only[0], as_dict.logits)
 
 
+def test_outputs_behave_as_plain_model_outputs():
+    """The output classes build faster than ModelOutput (field names read once per class): the same object for every
+    way of building, reading, copying and flattening one, compared with a plain ModelOutput of the same fields."""
+    import copy
+    import pickle
+    from dataclasses import dataclass
+
+    from torch.utils import _pytree
+    from transformers.utils import ModelOutput
+
+    from modeling_lstmlm.modeling_lstmlm import LSTMLMCausalLMOutput
+
+    @dataclass
+    class Plain(ModelOutput):
+        loss: torch.FloatTensor | None = None
+        logits: torch.FloatTensor | None = None
+        cache: object | None = None
+        hidden_states: tuple | None = None
+
+    logits, loss = torch.randn(2, 3, 5), torch.tensor(1.5)
+    cases = [
+        {"logits": logits},
+        {"loss": loss, "logits": logits, "hidden_states": (logits,)},
+        {"loss": None, "logits": logits, "cache": "state"},
+        {},
+    ]
+    for kwargs in cases:
+        fast, plain = LSTMLMCausalLMOutput(**kwargs), Plain(**kwargs)
+        assert list(fast.keys()) == list(plain.keys()) and fast.to_tuple() == plain.to_tuple()
+        assert [getattr(fast, k) for k in ("loss", "logits", "cache", "hidden_states")] == [
+            getattr(plain, k) for k in ("loss", "logits", "cache", "hidden_states")
+        ]
+        for copied in (copy.copy(fast), copy.deepcopy(fast), pickle.loads(pickle.dumps(fast))):
+            assert type(copied) is LSTMLMCausalLMOutput and list(copied.keys()) == list(plain.keys())
+        leaves, spec = _pytree.tree_flatten(fast)
+        assert len(leaves) == len(_pytree.tree_flatten(plain)[0])
+        assert list(_pytree.tree_unflatten(leaves, spec).keys()) == list(plain.keys())
+    out, plain = LSTMLMCausalLMOutput(logits=logits), Plain(logits=logits)
+    out.loss = plain.loss = loss  # setting a field later adds the key, as on any ModelOutput
+    assert list(out.keys()) == list(plain.keys()) == ["logits", "loss"] and out[1] is loss and out["loss"] is loss
+    pairs = [("logits", logits), ("cache", "state")]  # ModelOutput's other form: an iterable of (key, value) pairs
+    assert list(LSTMLMCausalLMOutput(pairs).keys()) == list(Plain(pairs).keys()) == ["logits", "cache"]
+    legacy = LSTMLMCausalLMOutput(logits=logits, past_key_values="state")  # the deprecated name of `cache`
+    assert legacy.cache == "state" and list(legacy.keys()) == ["logits", "cache"]
+
+
 def test_backbone_output_is_what_the_head_reads(tiny_model):
     ids = _ids()
     hidden = tiny_model.model(ids).last_hidden_state
