@@ -511,8 +511,8 @@ class LSTMLMForCausalLM(LSTMLMPreTrainedModel, LSTMLMGenerationMixin):
             return_dict=True,
         )
         hidden = outputs.last_hidden_state
-        if not isinstance(logits_to_keep, int) or 0 < logits_to_keep < hidden.shape[1]:  # (a decoding step: all kept)
-            hidden = slice_logits_to_keep(hidden, logits_to_keep)
+        if not (isinstance(logits_to_keep, int) and (logits_to_keep == 0 or logits_to_keep >= hidden.shape[1])):
+            hidden = slice_logits_to_keep(hidden, logits_to_keep)  # (not for a decoding step: its one position is kept)
         logits = self.lm_head(hidden)  # (batch, kept, vocab)
 
         loss = None
