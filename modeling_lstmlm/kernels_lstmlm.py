@@ -334,9 +334,10 @@ def _time_candidates(candidates: dict, make_args, batch_sizes=(1, 8), rounds: in
     return {name: {b: min(t) for b, t in per_batch.items()} for name, per_batch in times.items()}
 
 
-def _choose(kind: str, key: tuple, factories: dict, weights: tuple, make_args) -> tuple[str, str]:
+def _choose(kind: str, key: tuple, factories: dict, weights: tuple, make_args) -> tuple[str, str, bool]:
     """Measure every available kernel on these weights at batch 1 and 8 (the time relative to `aten`, summed over the
-    two batch sizes, decides), keep the fastest, and say why."""
+    two batch sizes, decides), keep the fastest, and say why; and whether one-row calls run ATen instead (where ATen
+    measured faster at batch 1; no second packed copy is ever made)."""
     choice = _CHOICES.get(key)
     if choice is not None:
         return choice
@@ -355,34 +356,41 @@ def _choose(kind: str, key: tuple, factories: dict, weights: tuple, make_args) -
         f"{name} " + " / ".join(f"{t[b] * 1e3:.3f}" for b in sorted(t)) + " ms" for name, t in times.items()
     )
     reason = f"fastest on {cpu_description()} at batch 1 / 8 ({measured})"
-    _CHOICES[key] = (best, reason)
+    one_row_aten = best != "aten" and base[1] < times[best][1]
+    if one_row_aten:
+        reason += "; one-row calls run aten (faster at batch 1)"
+    _CHOICES[key] = (best, reason, one_row_aten)
     logger.info(f"{kind} {tuple(key[1])}: using the {best!r} kernel, {reason}")
-    return best, reason
+    return best, reason, one_row_aten
 
 
 class _KernelSlot:
     """Per-module state: the kernel requested and chosen, the chosen kernel's instance (None for ATen) and the
     staleness key of the weights it was built from."""
 
-    __slots__ = ("requested", "name", "kernel", "key")
+    __slots__ = ("requested", "name", "kernel", "key", "one_row_aten")
 
     def __init__(self):
         self.requested = self.name = self.kernel = self.key = None
+        self.one_row_aten = False
 
     def __reduce__(self):  # deepcopy and pickle of a module start with an empty slot (sessions do not copy)
         return (_KernelSlot, ())
 
 
-def _resolve(module: nn.Module, requested: str, kind: str, factories: dict, weights: tuple, make_args) -> str:
-    """The kernel for `module`: `requested`, or for "auto" ATen under `SMALL_WEIGHTS_BYTES` and else the fastest
-    measured (once per process, kind and shapes); records `decode_kernel_choice`."""
+def _resolve(module: nn.Module, requested: str, kind: str, factories: dict, weights: tuple, make_args) -> tuple:
+    """The kernel for `module` and whether one-row calls run ATen instead: `requested`, or for "auto" ATen under
+    `SMALL_WEIGHTS_BYTES` and else the fastest measured (once per process, kind and shapes); records
+    `decode_kernel_choice`."""
+    one_row_aten = False
     if requested == "auto":
         nbytes = sum(w.numel() * w.element_size() for w in weights if w is not None)
         if nbytes < SMALL_WEIGHTS_BYTES:
             name, reason = "aten", f"weights of {nbytes} bytes (< {SMALL_WEIGHTS_BYTES}): not worth a packed copy"
         else:
             shapes = tuple(tuple(w.shape) for w in weights if w is not None)
-            name, reason = _choose(kind, (kind, shapes, torch.get_num_threads()), factories, weights, make_args)
+            key = (kind, shapes, torch.get_num_threads())
+            name, reason, one_row_aten = _choose(kind, key, factories, weights, make_args)
     elif requested in available_kernels():
         name, reason = requested, "set by `decode_kernel`"
     elif requested in KERNELS:
@@ -393,13 +401,14 @@ def _resolve(module: nn.Module, requested: str, kind: str, factories: dict, weig
     else:
         raise ValueError(f"`decode_kernel` must be 'auto' or one of {KERNELS}, got {requested!r}")
     module.__dict__["decode_kernel_choice"] = (name, reason)
-    return name
+    return name, one_row_aten
 
 
-def _kernel_for(module: nn.Module, kind: str, factories: dict, weights: tuple, make_args):
-    """The packed kernel to run for `module` on `weights` (rebuilt if they changed), or None for ATen. Runs on every
-    decoding step: the checks are a few attribute reads and the weights' `data_ptr()` / `_version`. `make_args(weights,
-    batch)` gives the inputs to time the candidates on, when there is a choice to make."""
+def _kernel_for(module: nn.Module, kind: str, factories: dict, weights: tuple, make_args, rows: int):
+    """The packed kernel to run for `module` on `weights` (rebuilt if they changed) for `rows` rows, or None for
+    ATen. Runs on every decoding step: the checks are a few attribute reads and the weights' `data_ptr()` /
+    `_version`. `make_args(weights, batch)` gives the inputs to time the candidates on, when there is a choice to
+    make."""
     slot = module.__dict__.get("_decode_kernel_slot")
     if slot is None:
         slot = module.__dict__["_decode_kernel_slot"] = _KernelSlot()
@@ -409,21 +418,43 @@ def _kernel_for(module: nn.Module, kind: str, factories: dict, weights: tuple, m
         # First call, a new request, or the weights changed: choose again (cached per shape for "auto"), rebuild.
         slot.kernel = None  # free the stale copy before packing a new one
         slot.key = None
-        slot.name = _resolve(module, requested, kind, factories, weights, make_args)
+        slot.name, slot.one_row_aten = _resolve(module, requested, kind, factories, weights, make_args)
         slot.requested = requested
         if slot.name != "aten":
             slot.kernel = factories[slot.name](*weights)
         slot.key = key
-    return slot.kernel
+    return None if rows == 1 and slot.one_row_aten else slot.kernel
+
+
+def _rows(x: torch.Tensor) -> int:
+    return x.numel() // x.shape[-1] if x.shape[-1] else 0
+
+
+def _one_row_aten(module: nn.Module, x: torch.Tensor) -> bool:
+    """Whether this call, on one row, goes straight to the plain ATen path: "auto" measured ATen fastest at batch 1
+    for this module (same request, same thread count). The plain path needs none of the checks, so none run (they
+    cost a few percent of a token at batch 1)."""
+    slot = module.__dict__.get("_decode_kernel_slot")
+    return (
+        slot is not None
+        and slot.one_row_aten
+        and slot.key is not None
+        and slot.requested == getattr(module, "decode_kernel", "auto")
+        and slot.key[-2] == torch.get_num_threads()
+        and not torch.jit.is_tracing()  # (a traced shape must not become a constant)
+        and _rows(x) == 1
+    )
 
 
 def lstm_step(layer: nn.Module, x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor], weights) -> tuple | None:
     """The new `(h, c)` of one time step through the kernel chosen for `layer`, or None where only the plain path may
     run (see `fast_path_allowed`). `weights` are the layer's `[w_ih, w_hh, b_ih, b_hh]` as its plain step reads them."""
+    if _one_row_aten(layer, x):
+        return None
     h, c = state
     if x.dim() != 2 or not fast_path_allowed(layer, x, h, c, *weights):
         return None
-    kernel = _kernel_for(layer, "LSTM step", _STEP_KERNELS, weights, _step_args)
+    kernel = _kernel_for(layer, "LSTM step", _STEP_KERNELS, weights, _step_args, x.shape[0])
     return None if kernel is None else kernel(x, h, c)
 
 
@@ -441,11 +472,13 @@ def _linear_args(weights, batch: int) -> tuple[torch.Tensor]:
 
 def linear(module: nn.Linear, x: torch.Tensor) -> torch.Tensor | None:
     """`module(x)` for an `nn.Linear` through the kernel chosen for it, or None where only the plain path may run."""
+    if _one_row_aten(module, x):
+        return None
     weight, bias = module.weight, module.bias
     tensors = (x, weight) if bias is None else (x, weight, bias)
     if not fast_path_allowed(module, *tensors):
         return None
-    kernel = _kernel_for(module, "linear", _LINEAR_KERNELS, (weight, bias), _linear_args)
+    kernel = _kernel_for(module, "linear", _LINEAR_KERNELS, (weight, bias), _linear_args, _rows(x))
     if kernel is None:
         return None
     shape = x.shape

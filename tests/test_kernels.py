@@ -148,6 +148,55 @@ def test_the_plain_path_is_kept_where_a_packed_copy_is_not_safe():
         assert K.lstm_step(layer, x, (h, c), _weights(layer)) is None  # parametrized (PEFT target_parameters)
 
 
+@pytest.mark.skipif(len(FORCED) < 2, reason="no packed kernel on this machine")
+def test_auto_runs_aten_for_one_row_where_aten_measured_faster(monkeypatch):
+    """ "auto" keeps the kernel that wins over batch 1 and 8 together; where ATen measured faster at batch 1, one-row
+    calls take the plain ATen path (no packed kernel call, no second copy), several rows the packed kernel."""
+    other = FORCED[1]
+
+    def fake_times(candidates, make_args, batch_sizes=(1, 8), **_):  # ATen fastest for one row, `other` for 8
+        return {
+            k: {1: {"aten": 1.0, other: 1.2}.get(k, 2.0), 8: {"aten": 10.0, other: 1.0}.get(k, 5.0)} for k in candidates
+        }
+
+    monkeypatch.setattr(K, "_time_candidates", fake_times)
+    monkeypatch.setattr(K, "_CHOICES", {})
+    calls = []  # (kind, rows) of each packed-kernel call (a oneDNN step calls its oneDNN linear too)
+    for kind, kernels in (("step", K._STEP_KERNELS), ("linear", K._LINEAR_KERNELS)):
+        original = kernels[other].__call__
+        monkeypatch.setattr(
+            kernels[other],
+            "__call__",
+            lambda self, x, *a, f=original, kind=kind: calls.append((kind, x.shape[0])) or f(self, x, *a),
+        )
+    layer = _lstm(128, 128)  # 528 KB of weights: measured
+    layer.decode_kernel = "auto"
+    torch.manual_seed(0)
+    head = K.DecodingLinear(128, 1024).eval()
+    with torch.no_grad():
+        for batch in (1, 8, 1):
+            x, h, c = _state(batch, layer)
+            got = K.lstm_step(layer, x, (h, c), _weights(layer))
+            got_head = K.linear(head, x)
+            if batch == 1:  # None: the caller runs its plain (ATen) step
+                assert got is None and got_head is None
+            else:
+                want = torch.lstm_cell(x, (h, c), *_weights(layer))
+                for g, w in zip(got, want, strict=True):
+                    torch.testing.assert_close(g, w, rtol=0, atol=_step_atol(layer, x, h))
+                torch.testing.assert_close(got_head, F.linear(x, head.weight, head.bias), rtol=0, atol=1e-4)
+    assert {kind for kind, _ in calls} == {"step", "linear"} and {rows for _, rows in calls} == {8}  # batch 8 only
+    for module in (layer, head):
+        name, reason = module.decode_kernel_choice
+        assert name == other and reason.endswith("one-row calls run aten (faster at batch 1)")
+    layer.decode_kernel = other  # a forced kernel runs for one row too
+    x, h, c = _state(1, layer)
+    with torch.no_grad():
+        calls.clear()
+        assert K.lstm_step(layer, x, (h, c), _weights(layer)) is not None
+    assert ("step", 1) in calls
+
+
 def test_auto_measures_and_records_the_choice_and_small_weights_keep_aten():
     small = _lstm(16, 16)
     small.decode_kernel = "auto"  # opt-in (the default is "aten")
