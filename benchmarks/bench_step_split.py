@@ -5,7 +5,8 @@
 
 `generate()` (greedy, no `min_new_tokens`) and the `model-modules loop` of `bench_generate_vs_loop.py` (the model's
 embedding, `LSTMLMLayer`s and output layer called by hand) run interleaved on the same random model in this process,
-with timers around every call of a decoding kernel (`kernels_lstmlm`'s onnxruntime / oneDNN / ATen kernel objects)
+with timers around every call of a decoding kernel (`kernels_lstmlm`'s onnxruntime / oneDNN / ATen kernel objects,
+and `torch.lstm_cell` / `F.linear`, which the plain ATen path calls)
 and around `LSTMLMForCausalLM.forward`. Per token: `kernels` (the matmuls and gate math inside the kernel calls),
 `forward - kernels` (the model's own per-token work around them: module calls, state bookkeeping, outputs) and
 `outside forward` (`generate()`'s loop: logits copy, token choice, stopping criteria, ids); for the hand loop,
@@ -61,6 +62,10 @@ def main(argv=None) -> None:
     for kernels in (kernels_lstmlm._STEP_KERNELS, kernels_lstmlm._LINEAR_KERNELS):
         for cls in kernels.values():
             cls.__call__ = timed(cls.__call__, "kernels")
+    # The plain ATen path (one-row calls where "auto" measured ATen faster, and any module that chose ATen) calls these
+    # two directly: time them as kernels too.
+    torch.lstm_cell = timed(torch.lstm_cell, "kernels")
+    torch.nn.functional.linear = timed(torch.nn.functional.linear, "kernels")
     LSTMLMForCausalLM.forward = timed(LSTMLMForCausalLM.forward, "forward")
 
     lstm = {"vocab_size": args.vocab_size, "hidden_size": args.hidden_size, "num_hidden_layers": args.num_layers}

@@ -4,8 +4,9 @@ On a CPU, a decoding step reads every weight once per token, so its speed is set
 few-row matrix) products stream the weights. torch's float32 `F.linear` / `torch.lstm_cell` go through MKL, which is
 fast on Intel and several times slower on AMD; oneDNN (inside torch) and onnxruntime's MLAS are fast on both. So each
 layer tries the kernels it can run on this machine, on its own weights, the first time it decodes a token (about
-0.1-0.3 s, once per process and shape), keeps the fastest, and records which and why (modules with less than 256 KiB
-of weights keep ATen without measuring):
+0.1-0.3 s, once per process and shape), keeps the fastest over batch 1 and 8, and records which and why (modules with
+less than 256 KiB of weights keep ATen without measuring); where ATen measured faster at batch 1, one-row calls run
+ATen's plain step without any of the checks below (no second copy):
 
 - `"aten"`: ATen's one-step `torch.lstm_cell` (or `F.linear` for the output layer), on the weights as they are;
 - `"onednn"`: one oneDNN product of `[W_ih | W_hh]` (packed once by `torch.ops.mkldnn._reorder_linear_weight`) with
