@@ -303,7 +303,7 @@ def available_kernels() -> tuple[str, ...]:
 
 # ----------------------------------------------------------------------------- choice per machine
 
-# (kind, shapes, threads) -> (kernel name, reason): each shape is measured once per process.
+# (kind, shapes, threads) -> (kernel name, reason, one-row calls on ATen): each shape is measured once per process.
 _CHOICES: dict[tuple, tuple[str, str]] = {}
 
 
