@@ -153,8 +153,8 @@ class _Output(ModelOutput):
         object.__setattr__(self, name, value)
 
     def __post_init__(self):
-        values = self.__dict__
-        if isinstance(values[self._FIELD_NAMES[0]], torch.Tensor) or values[self._FIELD_NAMES[0]] is None:
+        first = self.__dict__[self._FIELD_NAMES[0]]
+        if first is None or isinstance(first, torch.Tensor):
             return  # `__setattr__` has put every non-None field in
         super().__post_init__()  # ModelOutput's other forms (a first field that is an iterable of pairs, ...)
 

@@ -304,7 +304,7 @@ def available_kernels() -> tuple[str, ...]:
 # ----------------------------------------------------------------------------- choice per machine
 
 # (kind, shapes, threads) -> (kernel name, reason, one-row calls on ATen): each shape is measured once per process.
-_CHOICES: dict[tuple, tuple[str, str]] = {}
+_CHOICES: dict[tuple, tuple[str, str, bool]] = {}
 
 
 def _threads() -> int:
@@ -366,8 +366,8 @@ def _choose(kind: str, key: tuple, factories: dict, weights: tuple, make_args) -
 
 
 class _KernelSlot:
-    """Per-module state: the kernel requested and chosen, the chosen kernel's instance (None for ATen) and the
-    staleness key of the weights it was built from."""
+    """Per-module state: the kernel requested and chosen, the chosen kernel's instance (None for ATen), the
+    staleness key of the weights it was built from, and whether one-row calls run ATen instead."""
 
     __slots__ = ("requested", "name", "kernel", "key", "one_row_aten")
 
