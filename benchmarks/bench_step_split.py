@@ -2,6 +2,7 @@
 
     taskset -c 0 python benchmarks/bench_step_split.py                 # batch 1 and 8, H=512 L=2 V=8192
     taskset -c 0 python benchmarks/bench_step_split.py --batch_sizes 1 --rounds 10
+    taskset -c 0 python benchmarks/bench_step_split.py --int8      # the int8 model (`quantization.quantize_model`)
 
 `generate()` (greedy, no `min_new_tokens`) and the `model-modules loop` of `bench_generate_vs_loop.py` (the model's
 embedding, `LSTMLMLayer`s and output layer called by hand) run interleaved on the same random model in this process,
@@ -11,7 +12,9 @@ and around `LSTMLMForCausalLM.forward`. Per token: `kernels` (the matmuls and ga
 `forward - kernels` (the model's own per-token work around them: module calls, state bookkeeping, outputs) and
 `outside forward` (`generate()`'s loop: logits copy, token choice, stopping criteria, ids); for the hand loop,
 everything that is not a kernel. The three fastest rounds of each are printed (a shared machine is noisy; the split
-within one round is what to read). Timers add about a microsecond per call.
+within one round is what to read). Timers add about a microsecond per call. With `--int8` the model is quantized first
+and `kernels` are its int8 products (`quantized::linear_dynamic`, five a token: each layer's input and recurrent
+product, the output layer); the int8 layers' gate math counts in `forward - kernels`.
 """
 
 import argparse
@@ -38,14 +41,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--new_tokens", type=int, default=256, help="new tokens per row")
     add_model_arguments(parser)
     parser.add_argument("--rounds", type=int, default=8, help="interleaved timed runs of each method")
+    parser.add_argument("--int8", action="store_true", help="quantize the model to int8 first (quantize_model)")
     return parser.parse_args(argv)
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(1)
-    from modeling_lstmlm import kernels_lstmlm
+    from modeling_lstmlm import kernels_lstmlm, quantization_lstmlm
     from modeling_lstmlm.modeling_lstmlm import LSTMLMForCausalLM
+    from modeling_lstmlm.quantization import quantize_model
 
     spent = {"kernels": 0.0, "forward": 0.0}
 
@@ -66,13 +71,18 @@ def main(argv=None) -> None:
     # two directly: time them as kernels too.
     torch.lstm_cell = timed(torch.lstm_cell, "kernels")
     torch.nn.functional.linear = timed(torch.nn.functional.linear, "kernels")
+    if quantization_lstmlm._LINEAR_DYNAMIC is not None:  # the int8 layers' products (read as a global at each call)
+        quantization_lstmlm._LINEAR_DYNAMIC = timed(quantization_lstmlm._LINEAR_DYNAMIC, "kernels")
     LSTMLMForCausalLM.forward = timed(LSTMLMForCausalLM.forward, "forward")
 
     lstm = {"vocab_size": args.vocab_size, "hidden_size": args.hidden_size, "num_hidden_layers": args.num_layers}
     model = build_lstm({"lstm": lstm})  # eos_token_id=None: exactly N tokens
+    if args.int8:
+        model = quantize_model(model)
 
     print(
-        f"LSTMLM H={args.hidden_size} L={args.num_layers} V={args.vocab_size}, {args.new_tokens} new tokens, 1 thread"
+        f"LSTMLM H={args.hidden_size} L={args.num_layers} V={args.vocab_size}{', int8' if args.int8 else ''}, "
+        f"{args.new_tokens} new tokens, 1 thread"
     )
     print("| batch | method | ms/token | kernels | forward - kernels | outside forward (generate's loop) |")
     print("|---|---|---|---|---|---|")
