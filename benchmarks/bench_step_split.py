@@ -18,6 +18,7 @@ product, the output layer); the int8 layers' gate math counts in `forward - kern
 """
 
 import argparse
+import functools
 import sys
 import time
 from pathlib import Path
@@ -55,6 +56,8 @@ def main(argv=None) -> None:
     spent = {"kernels": 0.0, "forward": 0.0}
 
     def timed(function, bucket):
+        # functools.wraps keeps the signature visible: generate() reads forward's parameters (logits_to_keep).
+        @functools.wraps(function)
         def wrapper(*a, **k):
             start = time.perf_counter()
             try:
